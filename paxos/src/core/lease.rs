@@ -1,0 +1,143 @@
+//! The master lease, a built-in state machine.
+//!
+//! The replicated value is {master, version, duration}; every change is a
+//! compare-and-set on the version, applied in log order. Time is local and
+//! monotonic: the master counts its lease from the moment it PROPOSED, everyone
+//! else from the moment they LEARNED it, so the others always believe the lease
+//! ends later than the master does. `lease_drift` widens the gap on both sides to
+//! cover clock-rate differences between nodes.
+
+use super::{Core, Outcome, ProposeError};
+use crate::types::{InstanceId, NodeId, ProposalId, Time};
+use crate::value::LeaseProposal;
+use std::time::Duration;
+
+impl Core {
+    /// True while this node holds the lease by its own, conservative, clock.
+    pub fn is_master(&self, now: Time) -> bool {
+        self.system.lease.master == Some(self.cfg.node_id)
+            && self.lease.self_until.is_some_and(|until| now < until)
+    }
+
+    /// The master as this node sees it, with the lease time left. For this node
+    /// that is its own (shorter) view; for another node, the time until this node
+    /// would start a campaign.
+    pub fn master(&self, now: Time) -> Option<(NodeId, Duration)> {
+        if self.is_master(now) {
+            let until = self.lease.self_until?;
+            return Some((self.cfg.node_id, until - now));
+        }
+        let master = self.system.lease.master?;
+        if master == self.cfg.node_id || now >= self.lease.expires_at {
+            return None;
+        }
+        Some((master, self.lease.expires_at - now))
+    }
+
+    /// The application's veto: while false, this node neither campaigns nor renews
+    /// (so a master that turns unhealthy lets its lease run out).
+    pub fn set_may_campaign(&mut self, allowed: bool) {
+        self.may_campaign = allowed;
+    }
+
+    /// Gives up the lease at once, handing it to `to` (or to nobody, so anyone
+    /// healthy may campaign straight away). Returns the proposal id, or None if
+    /// this node is not master.
+    pub fn step_down(&mut self, now: Time, to: Option<NodeId>) -> Option<ProposalId> {
+        self.advance_time(now);
+        if !self.is_master(now) {
+            return None;
+        }
+        // Stop acting as master before the proposal even leaves.
+        self.lease.self_until = None;
+        self.counters.lease_lost += 1;
+        let item = self.lease_item(to);
+        Some(self.enqueue(item, true))
+    }
+
+    pub(super) fn lease_tick(&mut self) {
+        let me = self.cfg.node_id;
+        if !self.cfg.lease_enabled
+            || self.bootstrapping
+            || !self.may_campaign
+            || !self.system.membership.is_voter(me)
+            || self.lease.pending.is_some()
+        {
+            return;
+        }
+        let now = self.now;
+        if self.is_master(now) {
+            if now >= self.lease.last_proposed + self.cfg.renew_interval() {
+                self.counters.lease_renewals += 1;
+                self.propose_lease();
+            }
+        } else if self.system.lease.master == Some(me) || now >= self.lease.expires_at {
+            // Either the lease was handed to us (or we held it before a restart) and
+            // we must confirm it with a fresh proposal, or it ran out: campaign.
+            self.counters.lease_campaigns += 1;
+            self.propose_lease();
+        }
+    }
+
+    fn propose_lease(&mut self) {
+        let item = self.lease_item(Some(self.cfg.node_id));
+        let id = self.enqueue(item, true);
+        self.lease.pending = Some((id, self.system.lease.version, self.now));
+        self.lease.last_proposed = self.now;
+    }
+
+    pub(super) fn apply_lease(
+        &mut self,
+        instance: InstanceId,
+        p: &LeaseProposal,
+        pid: Option<ProposalId>,
+    ) {
+        let ours = pid.is_some_and(|id| self.lease.pending.is_some_and(|(p, _, _)| p == id));
+        let proposed_at = self.lease.pending.map(|(_, _, at)| at);
+        if ours {
+            self.lease.pending = None;
+        }
+        if p.expect_version != self.system.lease.version {
+            if let Some(pid) = pid {
+                self.fail_proposal(
+                    pid,
+                    ProposeError::Rejected(format!(
+                        "lease version is {}, proposal expected {}",
+                        self.system.lease.version, p.expect_version
+                    )),
+                );
+            }
+            return;
+        }
+        let was_master = self.is_master(self.now);
+        self.system.lease.master = p.node;
+        self.system.lease.version += 1;
+        self.system.lease.duration_ms = p.duration_ms;
+        self.record_system_change(instance);
+        let duration = Duration::from_millis(p.duration_ms);
+        let me = self.cfg.node_id;
+        match proposed_at {
+            Some(at) if ours && p.node == Some(me) => {
+                self.lease.self_until = Some(at + self.cfg.lease_self(duration));
+                if !was_master {
+                    self.counters.lease_acquired += 1;
+                    tracing::info!(node = me, version = self.system.lease.version, "lease acquired");
+                }
+            }
+            _ => {
+                if was_master {
+                    self.counters.lease_lost += 1;
+                    tracing::info!(node = me, "lease lost");
+                }
+                self.lease.self_until = None;
+            }
+        }
+        self.lease.expires_at = match p.node {
+            None => self.now,
+            Some(_) => self.now + self.cfg.lease_others(duration),
+        };
+        if let Some(pid) = pid {
+            self.ready.outcomes.push((pid, Outcome::Applied(instance)));
+        }
+    }
+}

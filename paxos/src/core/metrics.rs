@@ -1,0 +1,36 @@
+//! Counters for every protocol branch. Plain numbers; the binaries export them.
+
+/// Monotonic counters. `Core::counters()` returns a copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub prepares_sent: u64,
+    pub prepare_retries: u64,
+    pub promises_received: u64,
+    pub prepares_won: u64,
+    pub prepare_aborts_stale_membership: u64,
+    pub accepts_sent: u64,
+    pub accept_retries: u64,
+    pub accepted_received: u64,
+    pub rejections_received: u64,
+    pub rejections_sent: u64,
+    pub instances_chosen_as_leader: u64,
+    pub instances_learned: u64,
+    pub items_proposed: u64,
+    pub items_chosen: u64,
+    pub proposals_failed: u64,
+    pub proposals_timed_out: u64,
+    pub commits_sent: u64,
+    pub catch_up_requests_sent: u64,
+    pub catch_up_requests_served: u64,
+    pub catch_up_bytes_sent: u64,
+    pub catch_up_bytes_received: u64,
+    pub catch_up_timeouts: u64,
+    pub checkpoint_installs: u64,
+    pub lease_campaigns: u64,
+    pub lease_acquired: u64,
+    pub lease_renewals: u64,
+    pub lease_lost: u64,
+    pub membership_changes: u64,
+    pub messages_ignored: u64,
+    pub compactions: u64,
+}
