@@ -27,7 +27,10 @@ pub enum Message {
         value: Value,
     },
     /// Phase 2b.
-    Accepted { ballot: Ballot, instance: InstanceId },
+    Accepted {
+        ballot: Ballot,
+        instance: InstanceId,
+    },
     /// A Prepare or Accept at `ballot` was refused: the acceptor promised `promised`.
     Reject { ballot: Ballot, promised: Ballot },
     /// Every instance below `upto` is chosen; where the receiver accepted a value

@@ -32,7 +32,10 @@ impl Ballot {
 
     /// The smallest ballot owned by `node` that is above `self`.
     pub fn next_for(self, node: NodeId) -> Ballot {
-        Ballot { round: self.round + 1, node }
+        Ballot {
+            round: self.round + 1,
+            node,
+        }
     }
 }
 

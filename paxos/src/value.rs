@@ -176,6 +176,8 @@ pub struct SystemState {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChosenEntry {
     pub instance: InstanceId,
+    /// The chosen value's id: equal ids mean equal values, on every node.
+    pub batch: BatchId,
     /// The application items of this instance, in order, each with the local
     /// proposal id when this node proposed it.
     pub app: Vec<(Option<crate::types::ProposalId>, Vec<u8>)>,

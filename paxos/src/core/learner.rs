@@ -40,7 +40,11 @@ impl Core {
 
     pub(super) fn advance_chosen_prefix(&mut self) {
         let before = self.chosen_prefix;
-        while self.slots.get(&self.chosen_prefix).is_some_and(|s| s.chosen) {
+        while self
+            .slots
+            .get(&self.chosen_prefix)
+            .is_some_and(|s| s.chosen)
+        {
             self.chosen_prefix += 1;
         }
         self.counters.instances_learned += self.chosen_prefix - before;
@@ -268,6 +272,7 @@ impl Core {
 
     fn apply_value(&mut self, instance: InstanceId, value: Value) {
         // Which of our proposals were in this instance, if any.
+        let batch = value.id;
         let mut ours: Option<Vec<u64>> = None;
         if let Some((batch, ids)) = self.placed.remove(&instance) {
             if batch == value.id {
@@ -319,12 +324,17 @@ impl Core {
             l.membership_barrier = None;
         }
         if instance >= self.app_checkpoint {
-            self.ready.apply.push(ChosenEntry { instance, app });
+            self.ready.apply.push(ChosenEntry {
+                instance,
+                batch,
+                app,
+            });
         }
     }
 
     pub(super) fn record_system_change(&mut self, instance: InstanceId) {
-        self.system_history.push((instance + 1, self.system.clone()));
+        self.system_history
+            .push((instance + 1, self.system.clone()));
     }
 
     /// The application made every instance below `checkpoint` durable on its side.

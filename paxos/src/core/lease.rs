@@ -121,7 +121,11 @@ impl Core {
                 self.lease.self_until = Some(at + self.cfg.lease_self(duration));
                 if !was_master {
                     self.counters.lease_acquired += 1;
-                    tracing::info!(node = me, version = self.system.lease.version, "lease acquired");
+                    tracing::info!(
+                        node = me,
+                        version = self.system.lease.version,
+                        "lease acquired"
+                    );
                 }
             }
             _ => {

@@ -54,7 +54,10 @@ pub enum CoreError {
     #[error(
         "the application checkpoint {app} is below the log start {log_start}: install a checkpoint from a peer"
     )]
-    AppBehindLog { app: InstanceId, log_start: InstanceId },
+    AppBehindLog {
+        app: InstanceId,
+        log_start: InstanceId,
+    },
 }
 
 /// Why a proposal did not take effect.
@@ -408,7 +411,10 @@ impl Core {
     pub fn step(&mut self, now: Time, from: NodeId, msg: Message) -> Result<(), CoreError> {
         self.advance_time(now);
         match msg {
-            Message::Prepare { ballot, from: start } => self.on_prepare(from, ballot, start),
+            Message::Prepare {
+                ballot,
+                from: start,
+            } => self.on_prepare(from, ballot, start),
             Message::Promise {
                 ballot,
                 chosen_prefix,
@@ -427,9 +433,10 @@ impl Core {
                 let p = self.peer_progress.entry(from).or_default();
                 *p = (*p).max(chosen_prefix);
             }
-            Message::CatchUpRequest { from: start, max_bytes } => {
-                self.on_catch_up_request(from, start, max_bytes)?
-            }
+            Message::CatchUpRequest {
+                from: start,
+                max_bytes,
+            } => self.on_catch_up_request(from, start, max_bytes)?,
             Message::CatchUpResponse {
                 entries,
                 chosen_prefix,

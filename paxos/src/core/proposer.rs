@@ -356,7 +356,11 @@ impl Core {
         let Role::Leading(l) = &mut self.role else {
             return;
         };
-        if !l.inflight.get(&instance).is_some_and(|f| f.acks.len() >= quorum) {
+        if !l
+            .inflight
+            .get(&instance)
+            .is_some_and(|f| f.acks.len() >= quorum)
+        {
             return;
         }
         let Some(inflight) = l.inflight.remove(&instance) else {

@@ -42,9 +42,7 @@ impl Recovery {
             LogRecord::Chosen { instance, .. } => {
                 self.entries.insert(*instance, (Ballot::ZERO, true));
             }
-            LogRecord::ChosenPrefix { upto } => {
-                self.chosen_prefix = self.chosen_prefix.max(*upto)
-            }
+            LogRecord::ChosenPrefix { upto } => self.chosen_prefix = self.chosen_prefix.max(*upto),
             LogRecord::Snapshot { at, system } => {
                 self.snapshot = Some((*at, system.clone()));
                 self.chosen_prefix = self.chosen_prefix.max(*at);
