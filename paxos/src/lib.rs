@@ -9,6 +9,7 @@
 
 pub mod core;
 pub mod message;
+pub mod runtime;
 pub mod storage;
 pub mod transport;
 pub mod types;
@@ -19,6 +20,10 @@ pub use crate::core::{
     Status,
 };
 pub use message::{LogRecord, Message};
+pub use runtime::{
+    CheckpointChunk, Node, NodeConfig, NodeCounters, NodeHandle, ProposeFailed, RuntimeError,
+    StateMachine,
+};
 pub use types::{Ballot, InstanceId, NodeId, ProposalId, Time};
 pub use value::{
     ChosenEntry, Item, LeaseProposal, LeaseState, Membership, MembershipChange, MembershipOp,

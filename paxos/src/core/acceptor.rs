@@ -67,9 +67,14 @@ impl Core {
             return;
         }
         if ballot > self.promised {
-            // The Accepted record below carries the ballot: no Promise record needed.
+            // Durable even when no Accepted record follows (a value already known
+            // chosen, a resent Accept): the reply below vouches for this ballot.
             self.promised = ballot;
+            self.ready.records.push(LogRecord::Promise { ballot });
             self.yield_to(ballot);
+        }
+        if ballot.node != self.cfg.node_id {
+            self.last_foreign_accept = Some(self.now);
         }
         self.accept_locally(ballot, instance, value);
         self.send(from, Message::Accepted { ballot, instance });
@@ -115,6 +120,8 @@ impl Core {
         };
         if ours.is_some_and(|b| b < ballot) {
             self.step_down_role();
+            // Competing at once would only knock the other proposer out in turn.
+            self.backoff();
         }
     }
 }

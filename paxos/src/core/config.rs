@@ -26,9 +26,13 @@ pub struct CoreConfig {
     pub commit_interval: Duration,
     /// A queued proposal that has not been placed in an instance by then fails.
     pub propose_timeout: Duration,
-    /// After a rejection, wait a random time in this range before preparing again.
+    /// After losing a ballot, wait a random time before preparing again: at least
+    /// `backoff_min`, at most `backoff_min * 2^losses`, capped at `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// A node that accepted another proposer's value this recently does not start
+    /// a Prepare of its own: it would only interrupt a working leader.
+    pub leader_quiet: Duration,
     /// Bytes per catch-up response (flow control: one request in flight).
     pub catch_up_bytes: u64,
     /// A catch-up request unanswered for this long is sent again (maybe to another peer).
@@ -63,7 +67,8 @@ impl CoreConfig {
             commit_interval: Duration::from_millis(100),
             propose_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(150),
+            backoff_max: Duration::from_millis(500),
+            leader_quiet: Duration::from_millis(400),
             catch_up_bytes: 8 << 20,
             catch_up_timeout: Duration::from_secs(1),
             max_apply_bytes: 64 << 20,

@@ -71,12 +71,19 @@ impl Core {
                 self.counters.lease_renewals += 1;
                 self.propose_lease();
             }
-        } else if self.system.lease.master == Some(me) || now >= self.lease.expires_at {
+        } else if self.system.lease.master == Some(me)
+            || now >= self.lease.expires_at + self.lease.campaign_jitter
+        {
             // Either the lease was handed to us (or we held it before a restart) and
             // we must confirm it with a fresh proposal, or it ran out: campaign.
             self.counters.lease_campaigns += 1;
             self.propose_lease();
         }
+    }
+
+    pub(super) fn set_lease_expiry(&mut self, at: Time) {
+        self.lease.expires_at = at;
+        self.lease.campaign_jitter = self.random_between(Time::ZERO, self.cfg.lease_duration / 5);
     }
 
     fn propose_lease(&mut self) {
@@ -136,10 +143,11 @@ impl Core {
                 self.lease.self_until = None;
             }
         }
-        self.lease.expires_at = match p.node {
+        let expiry = match p.node {
             None => self.now,
             Some(_) => self.now + self.cfg.lease_others(duration),
         };
+        self.set_lease_expiry(expiry);
         if let Some(pid) = pid {
             self.ready.outcomes.push((pid, Outcome::Applied(instance)));
         }

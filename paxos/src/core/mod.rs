@@ -5,13 +5,17 @@
 //! proposals ([`Core::propose`]), then takes a [`Ready`] and carries it out in this
 //! order:
 //!
-//! 1. append `records` to the log and fsync once (group commit);
-//! 2. if `compact` is set: start a new segment, write its `header`, fsync, remove
-//!    the segments below `below`;
-//! 3. send `messages` (only now: a promise or accept is never answered before it
+//! 1. if `compact` is set: start a new segment and append its `header`;
+//! 2. append `records`, then fsync once (group commit);
+//! 3. if `compact` is set: remove the segments below `below` (the header, now
+//!    durable, replaces what they held);
+//! 4. send `messages` (only now: a promise or accept is never answered before it
 //!    is durable);
-//! 4. apply `apply` to the application state machine, in order;
-//! 5. deliver `outcomes` to whoever proposed.
+//! 5. apply `apply` to the application state machine, in order;
+//! 6. deliver `outcomes` to whoever proposed.
+//!
+//! The header goes first because `records` may describe instances above the new
+//! log start that must survive the removal.
 //!
 //! The driver must finish a `Ready` before it calls into the core again, so every
 //! later step sees the log as the core left it. Reads of old chosen values go
@@ -107,7 +111,8 @@ impl Ready {
     }
 }
 
-/// Start a new segment with `header`, then drop every segment below `below`.
+/// Start a new segment with `header` (before this Ready's records), then, once
+/// durable, drop every older segment whose instances are all below `below`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compaction {
     pub below: InstanceId,
@@ -175,6 +180,9 @@ struct Leading {
 struct LeaseView {
     /// Until when the current master's lease is respected here (local time).
     expires_at: Time,
+    /// Extra random wait before campaigning, so that nodes whose view of the lease
+    /// ends at the same moment do not all campaign at once.
+    campaign_jitter: Time,
     /// Until when this node may act as master, if it is.
     self_until: Option<Time>,
     /// Our own lease proposal in flight: (proposal id, expected version, proposed at).
@@ -230,6 +238,10 @@ pub struct Core {
     /// Our batches placed in instances whose fate we have not learned yet.
     placed: BTreeMap<InstanceId, (BatchId, Vec<ProposalId>)>,
     backoff_until: Time,
+    /// Ballots lost in a row (sets the backoff range).
+    losses: u32,
+    /// When we last accepted a value from another proposer.
+    last_foreign_accept: Option<Time>,
 
     // Lease.
     lease: LeaseView,
@@ -330,6 +342,8 @@ impl Core {
             next_batch_seq: 0,
             placed: BTreeMap::new(),
             backoff_until: now,
+            losses: 0,
+            last_foreign_accept: None,
             lease: LeaseView::default(),
             may_campaign: true,
             ready: Ready::default(),
@@ -338,7 +352,7 @@ impl Core {
         };
         // Whatever lease the log names, respect it for a full term from now: a
         // restarted node never resumes a lease, and others may still hold one.
-        core.lease.expires_at = now + core.cfg.lease_others(core.cfg.lease_duration);
+        core.set_lease_expiry(now + core.cfg.lease_others(core.cfg.lease_duration));
         core.ready.membership = Some(core.system.membership.clone());
         Ok(core)
     }

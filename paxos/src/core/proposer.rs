@@ -34,7 +34,10 @@ impl Core {
             Role::Leading(_) => self.place_batches(),
             Role::Preparing { .. } => {}
             Role::Follower => {
-                if self.now >= self.backoff_until {
+                let leader_busy = self
+                    .last_foreign_accept
+                    .is_some_and(|t| self.now < t + self.cfg.leader_quiet);
+                if self.now >= self.backoff_until && !leader_busy {
                     self.start_prepare();
                 }
             }
@@ -137,7 +140,11 @@ impl Core {
         else {
             return;
         };
-        if promises.len() < self.system.membership.quorum() {
+        // Count only current voters: the membership may have changed since the
+        // promise arrived (a checkpoint install, an applied change).
+        let membership = &self.system.membership;
+        let votes = promises.keys().filter(|n| membership.is_voter(**n)).count();
+        if votes < membership.quorum() {
             return;
         }
         let ballot = *ballot;
@@ -352,21 +359,21 @@ impl Core {
     }
 
     fn check_chosen(&mut self, instance: InstanceId) {
-        let quorum = self.system.membership.quorum();
+        let membership = &self.system.membership;
         let Role::Leading(l) = &mut self.role else {
             return;
         };
-        if !l
-            .inflight
-            .get(&instance)
-            .is_some_and(|f| f.acks.len() >= quorum)
-        {
+        let votes = l.inflight.get(&instance).map_or(0, |f| {
+            f.acks.iter().filter(|n| membership.is_voter(**n)).count()
+        });
+        if votes < membership.quorum() {
             return;
         }
         let Some(inflight) = l.inflight.remove(&instance) else {
             return;
         };
         let ballot = l.ballot;
+        self.losses = 0;
         self.counters.instances_chosen_as_leader += 1;
         self.learn_chosen(instance, ballot, inflight.value);
     }
@@ -419,8 +426,16 @@ impl Core {
         self.role = Role::Follower;
     }
 
-    fn backoff(&mut self) {
-        let wait = self.random_between(self.cfg.backoff_min, self.cfg.backoff_max);
+    pub(super) fn backoff(&mut self) {
+        // Randomised exponential backoff: proposers that keep colliding spread out
+        // until one of them gets a whole round through.
+        let upper = self
+            .cfg
+            .backoff_min
+            .saturating_mul(1 << self.losses.min(16))
+            .min(self.cfg.backoff_max);
+        self.losses = self.losses.saturating_add(1);
+        let wait = self.random_between(self.cfg.backoff_min, upper.max(self.cfg.backoff_min));
         self.backoff_until = self.now + wait;
     }
 
