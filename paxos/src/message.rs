@@ -34,7 +34,8 @@ pub enum Message {
     /// A Prepare or Accept at `ballot` was refused: the acceptor promised `promised`.
     Reject { ballot: Ballot, promised: Ballot },
     /// Every instance below `upto` is chosen; where the receiver accepted a value
-    /// at `ballot`, that value is the chosen one.
+    /// at `ballot`, that value is the chosen one. (A leader sends this only while
+    /// every instance it holds from its first one on was chosen at its own ballot.)
     Commit { ballot: Ballot, upto: InstanceId },
     /// Answer to Commit once the chosen prefix is durable: lets the leader know
     /// who has learned what (membership changes wait for it).
@@ -71,6 +72,9 @@ pub struct AcceptedEntry {
     pub instance: InstanceId,
     pub ballot: Ballot,
     pub value: Value,
+    /// The acceptor knows this value is chosen (its ballot may be unknown, e.g.
+    /// learned by catch-up): a new leader must take it over whatever the ballots say.
+    pub chosen: bool,
 }
 
 /// A record of the durable log. Records keyed by instance (Accepted, Chosen) can be

@@ -36,6 +36,7 @@ fn seeds_sweep() {
         totals.crashes += r.crashes;
         totals.disk_errors += r.disk_errors;
         totals.partitions += r.partitions;
+        totals.switchovers += r.switchovers;
         totals.checkpoint_installs += r.checkpoint_installs;
         totals.proposals_ok += r.proposals_ok;
         totals.proposals_failed += r.proposals_failed;
@@ -44,6 +45,7 @@ fn seeds_sweep() {
     println!("{count} seeds: {totals:?}");
     // The faults must actually have happened, or the sweep proves little.
     assert!(totals.crashes > 0 && totals.partitions > 0 && totals.disk_errors > 0);
+    assert!(totals.switchovers > 0, "no switchover was exercised");
     assert!(
         totals.checkpoint_installs > 0,
         "no checkpoint was installed"

@@ -487,6 +487,17 @@ impl StateMachine for DemoSm {
     }
 }
 
+impl Drop for DemoSm {
+    /// On a clean stop, record how far we got, so a restart replays nothing.
+    fn drop(&mut self) {
+        if self.next > self.durable.0
+            && let Err(e) = self.persist()
+        {
+            warn!(error = %e, "cannot persist the checkpoint on stop");
+        }
+    }
+}
+
 fn open_applied(dir: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)

@@ -34,6 +34,7 @@ impl Core {
                 instance,
                 ballot: slot.ballot,
                 value: slot.value.clone(),
+                chosen: slot.chosen,
             })
             .collect();
         self.send(

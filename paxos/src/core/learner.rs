@@ -13,6 +13,9 @@ const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(60);
 impl Core {
     pub(super) fn on_commit(&mut self, from: NodeId, ballot: Ballot, upto: InstanceId) {
         self.max_seen = self.max_seen.max(ballot);
+        // A newer leader is committing: whatever we lead is over. (Our own Commit
+        // must only ever cover values we chose at our ballot.)
+        self.yield_to(ballot);
         if self.bootstrapping {
             self.request_checkpoint(from);
             return;
@@ -115,6 +118,14 @@ impl Core {
     ) {
         if self.catch_up.as_ref().is_some_and(|c| c.peer == from) {
             self.catch_up = None;
+        }
+        // Learning from elsewhere what was chosen where we lead means someone else
+        // chose there: stop leading before our commit point could vouch for it.
+        if let super::Role::Leading(l) = &self.role
+            && entries.iter().any(|(i, _)| *i >= l.first_instance)
+        {
+            self.step_down_role();
+            self.backoff();
         }
         for (instance, value) in entries {
             if instance != self.chosen_prefix {

@@ -91,6 +91,7 @@ impl Core {
                 instance,
                 ballot: s.ballot,
                 value: s.value.clone(),
+                chosen: s.chosen,
             })
             .collect()
     }
@@ -161,16 +162,17 @@ impl Core {
             .max_by_key(|(_, cp)| *cp)
             .unwrap_or((self.cfg.node_id, self.chosen_prefix));
         let max_cp = max_cp.max(self.chosen_prefix);
-        let mut recovered: BTreeMap<InstanceId, (Ballot, Value)> = BTreeMap::new();
+        // Per instance: a value known chosen wins; otherwise the highest ballot.
+        let mut recovered: BTreeMap<InstanceId, (bool, Ballot, Value)> = BTreeMap::new();
         for entry in promises.into_values().flat_map(|p| p.accepted) {
             if entry.instance < max_cp {
                 continue;
             }
             let better = recovered
                 .get(&entry.instance)
-                .is_none_or(|(b, _)| entry.ballot > *b);
+                .is_none_or(|(chosen, b, _)| (entry.chosen, entry.ballot) > (*chosen, *b));
             if better {
-                recovered.insert(entry.instance, (entry.ballot, entry.value));
+                recovered.insert(entry.instance, (entry.chosen, entry.ballot, entry.value));
             }
         }
         let end = recovered.keys().next_back().map_or(max_cp, |i| i + 1);
@@ -186,7 +188,7 @@ impl Core {
         });
         for instance in max_cp..end {
             let value = match recovered.remove(&instance) {
-                Some((_, v)) => v,
+                Some((_, _, v)) => v,
                 None => {
                     let id = self.new_batch_id();
                     Value::noop(id)

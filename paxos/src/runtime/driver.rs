@@ -51,16 +51,16 @@ enum Flow {
 }
 
 pub(crate) struct Driver<SM: StateMachine> {
-    pub core: Core,
-    pub log: SegmentLog,
-    pub sm: SM,
-    pub transport: Transport,
-    pub incoming: mpsc::Receiver<Incoming>,
-    pub commands: mpsc::Receiver<Command<SM::Output>>,
-    pub shared: Arc<Shared>,
-    pub stop: watch::Sender<Option<StopReason>>,
-    pub seeds: HashMap<NodeId, SocketAddr>,
-    pub tick_interval: Duration,
+    pub(super) core: Core,
+    pub(super) log: SegmentLog,
+    pub(super) sm: SM,
+    pub(super) transport: Transport,
+    pub(super) incoming: mpsc::Receiver<Incoming>,
+    pub(super) commands: mpsc::Receiver<Command<SM::Output>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) stop: watch::Sender<Option<StopReason>>,
+    pub(super) seeds: HashMap<NodeId, SocketAddr>,
+    pub(super) tick_interval: Duration,
     waiters: HashMap<ProposalId, Waiter<SM::Output>>,
     pub(super) fetch: Option<Fetch>,
     pub(super) counters: RuntimeCounters,
@@ -111,7 +111,16 @@ impl<SM: StateMachine> Driver<SM> {
             Ok(()) => info!(node = self.node(), "node stopped"),
             Err(e) => error!(node = self.node(), error = %e, "fatal error, node stopped"),
         }
-        self.stop(result.map_err(Arc::new));
+        self.transport.shutdown();
+        for (_, waiter) in self.waiters.drain() {
+            waiter.fail(ProposeFailed::NodeStopped);
+        }
+        self.shared.published().master = None;
+        // Close the log and drop the state machine before anyone hears that the
+        // node stopped: the application may reopen the data directory right away.
+        let stop = self.stop.clone();
+        drop(self);
+        stop.send_replace(Some(result.map_err(Arc::new)));
     }
 
     async fn run_loop(&mut self) -> Result<(), RuntimeError> {
@@ -466,16 +475,6 @@ impl<SM: StateMachine> Driver<SM> {
     fn master_snapshot(&self) -> Option<(NodeId, crate::types::Time)> {
         let now = clock::now();
         self.core.master(now).map(|(node, left)| (node, now + left))
-    }
-
-    /// Stops the node: transport down, waiters failed, reason published.
-    fn stop(&mut self, reason: StopReason) {
-        self.transport.shutdown();
-        for (_, waiter) in self.waiters.drain() {
-            waiter.fail(ProposeFailed::NodeStopped);
-        }
-        self.shared.published().master = None;
-        self.stop.send_replace(Some(reason));
     }
 }
 

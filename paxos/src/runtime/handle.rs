@@ -106,7 +106,8 @@ impl Shared {
 /// How the node stopped: `Ok` after a clean shutdown, the error if it failed.
 pub(crate) type StopReason = Result<(), Arc<RuntimeError>>;
 
-/// A cheap, cloneable handle to a running node.
+/// A cheap, cloneable handle to a running node. The node shuts down cleanly
+/// when the last handle is dropped (or on [`NodeHandle::shutdown`]).
 pub struct NodeHandle<O> {
     pub(crate) commands: mpsc::Sender<Command<O>>,
     pub(crate) shared: Arc<Shared>,

@@ -91,7 +91,8 @@ pub trait StateMachine: Send + 'static {
     fn checkpoint(&self) -> InstanceId;
 
     /// Veto hook: may this node campaign for / renew the master lease now? (The
-    /// binlog server will say no while its MariaDB lags.) Default true.
+    /// binlog server will say no while its MariaDB lags.) Asked on every tick, so
+    /// keep it cheap. Default true.
     fn may_campaign(&self) -> bool {
         true
     }

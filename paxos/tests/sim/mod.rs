@@ -196,6 +196,7 @@ pub struct SimReport {
     pub crashes: u64,
     pub disk_errors: u64,
     pub partitions: u64,
+    pub switchovers: u64,
     pub checkpoint_installs: u64,
     pub masters: BTreeSet<NodeId>,
     pub final_members: Vec<NodeId>,
@@ -229,6 +230,13 @@ pub struct Sim {
     tracing: bool,
     /// The first broken invariant or core error, reported after the event.
     error: Option<String>,
+}
+
+fn drift_factor() -> f64 {
+    std::env::var("PAXOS_SIM_DRIFT_FACTOR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0)
 }
 
 fn core_config(cfg: &SimConfig, id: NodeId, incarnation: u64) -> CoreConfig {
@@ -269,7 +277,10 @@ impl Sim {
             all.push(joiner);
         }
         for id in all {
-            let rate = 1.0 + rng.random_range(-cfg.lease_drift..=cfg.lease_drift);
+            // Clock rates differ by up to the drift the lease is configured for
+            // (PAXOS_SIM_DRIFT_FACTOR > 1 breaks that promise, to see the check fire).
+            let spread = cfg.lease_drift * drift_factor();
+            let rate = 1.0 + rng.random_range(-spread..=spread);
             nodes.insert(
                 id,
                 SimNode {
@@ -598,7 +609,7 @@ impl Sim {
             .filter(|n| n.started)
             .map(|n| n.id)
             .collect();
-        match self.rng.random_range(0..10) {
+        match self.rng.random_range(0..11) {
             0..=2 => {
                 let id = ids[self.rng.random_range(0..ids.len())];
                 self.note(|| format!("crash {id}"));
@@ -635,6 +646,24 @@ impl Sim {
                     let heal = self.rng.random_range(500 * MS..4 * SEC);
                     self.note(|| format!("isolate master {m}"));
                     self.schedule(heal, Event::HealPartition);
+                }
+            }
+            7 => {
+                // Planned switchover: the master hands the lease to another node,
+                // or to nobody.
+                if let Some(m) = self.masters_now().first().copied() {
+                    let to = if self.rng.random_bool(0.7) {
+                        Some(ids[self.rng.random_range(0..ids.len())])
+                    } else {
+                        None
+                    };
+                    let t = self.local(m);
+                    self.note(|| format!("switchover {m} -> {to:?}"));
+                    if let Some(core) = self.nodes.get_mut(&m).and_then(|n| n.core.as_mut()) {
+                        core.step_down(t, to);
+                    }
+                    self.report.switchovers += 1;
+                    self.process(m);
                 }
             }
             6 => {
