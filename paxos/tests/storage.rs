@@ -453,7 +453,9 @@ fn segments_with_a_high_instance_or_only_unkeyed_records() {
         Some(&b"high"[..])
     );
     assert_eq!(log.reader().read(2).unwrap(), None);
-    assert_eq!(log.first_instance(), Some(100));
+    // Instance 1 lives in a kept segment: it stays readable.
+    assert_eq!(log.reader().read(1).unwrap().as_deref(), Some(&b"low"[..]));
+    assert_eq!(log.first_instance(), Some(1));
     assert_eq!(
         replay_all(&log),
         vec![
@@ -549,4 +551,36 @@ fn log_types_are_thread_safe() {
     assert_send_sync::<paxos::storage::LogReader>();
     assert_send_sync::<SegmentLog>();
     assert_send_sync::<StorageError>();
+}
+
+#[test]
+fn header_written_after_roll_survives_removing_everything_below_max() {
+    // A checkpoint install: roll, rewrite the slots to keep, then drop all older
+    // segments. The rewritten records must stay readable.
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path(), LogOptions::default());
+    for i in 0..10 {
+        log.append(Some(i), &payload(i)).unwrap();
+    }
+    log.roll().unwrap();
+    log.append(Some(7), b"kept seven").unwrap();
+    log.append(Some(12), b"twelve").unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.remove_segments_below(u64::MAX).unwrap(), 1);
+    assert_eq!(log.reader().read(3).unwrap(), None);
+    assert_eq!(
+        log.reader().read(7).unwrap().as_deref(),
+        Some(&b"kept seven"[..])
+    );
+    assert_eq!(
+        log.reader().read(12).unwrap().as_deref(),
+        Some(&b"twelve"[..])
+    );
+    drop(log);
+    let (log, _) = open(tmp.path(), LogOptions::default());
+    assert_eq!(
+        log.reader().read(7).unwrap().as_deref(),
+        Some(&b"kept seven"[..])
+    );
+    assert_eq!(log.first_instance(), Some(7));
 }

@@ -182,10 +182,19 @@ impl Core {
         self.fetching_checkpoint = None;
     }
 
+    /// Whether a peer's checkpoint whose log starts at `log_start` is still of use:
+    /// only while this node lacks chosen instances below it. A driver asks this
+    /// before it makes a fetched checkpoint the application's state, since the
+    /// node may have caught up by other means during the transfer.
+    pub fn wants_checkpoint(&self, log_start: InstanceId) -> bool {
+        self.bootstrapping || self.chosen_prefix < log_start
+    }
+
     /// The application installed a peer's checkpoint covering every instance below
     /// `app_checkpoint`; `log_start` and `system` are the peer's log start and the
     /// system state there. The log is rewritten to start at `log_start` and the
-    /// rest is learned from `peer`.
+    /// rest is learned from `peer`. Returns false, changing nothing, if the
+    /// checkpoint is no longer wanted (see [`Core::wants_checkpoint`]).
     pub fn install_checkpoint(
         &mut self,
         now: Time,
@@ -193,8 +202,14 @@ impl Core {
         log_start: InstanceId,
         system: SystemState,
         app_checkpoint: InstanceId,
-    ) {
+    ) -> bool {
         self.advance_time(now);
+        if !self.wants_checkpoint(log_start) {
+            self.fetching_checkpoint = None;
+            return false;
+        }
+        // Every slot at or above `log_start` is still in memory (nothing there was
+        // applied yet), so the header below loses no promise, accept or choice.
         self.counters.checkpoint_installs += 1;
         self.fetching_checkpoint = None;
         self.bootstrapping = false;
@@ -241,6 +256,27 @@ impl Core {
         self.ready.membership = Some(self.system.membership.clone());
         self.catch_up = None;
         self.start_catch_up(peer);
+        // Our proposals in instances the checkpoint covers: their fate and output
+        // are in the peer's state, not knowable here.
+        let covered: Vec<InstanceId> = self
+            .placed
+            .range(..self.app_checkpoint)
+            .map(|(i, _)| *i)
+            .collect();
+        for instance in covered {
+            if let Some((_, ids)) = self.placed.remove(&instance) {
+                for id in ids {
+                    self.fail_proposal(id, ProposeError::Indeterminate);
+                }
+            }
+        }
+        true
+    }
+
+    /// True while this node has no system state yet (a joiner before its first
+    /// checkpoint install).
+    pub fn is_bootstrapping(&self) -> bool {
+        self.bootstrapping
     }
 
     pub(super) fn learner_tick(&mut self) {
@@ -302,6 +338,9 @@ impl Core {
                 Item::App(data) => {
                     if instance >= self.app_checkpoint {
                         app.push((pid, data));
+                    } else if let Some(pid) = pid {
+                        // The application got this from a checkpoint: no output here.
+                        self.fail_proposal(pid, ProposeError::Indeterminate);
                     }
                 }
                 Item::Lease(p) => self.apply_lease(instance, &p, pid),

@@ -73,6 +73,10 @@ pub enum ProposeError {
     Timeout,
     #[error("refused: {0}")]
     Rejected(String),
+    #[error(
+        "outcome unknown: this node skipped past the proposal's instance by installing a checkpoint"
+    )]
+    Indeterminate,
 }
 
 /// The result of a proposal. Application items that were chosen appear in

@@ -50,7 +50,7 @@ impl<SM: StateMachine> Driver<SM> {
 
     /// Source side: answer with one chunk of our current checkpoint.
     pub(super) fn serve_checkpoint(&mut self, from: NodeId, offset: u64) {
-        if self.core.status().bootstrapping {
+        if self.core.is_bootstrapping() {
             // No state to give yet.
             return;
         }
@@ -125,6 +125,14 @@ impl<SM: StateMachine> Driver<SM> {
             self.fail_fetch();
             return Ok(());
         }
+        if done && !self.core.wants_checkpoint(log_start) {
+            // We caught up by other means meanwhile: installing now would take the
+            // log back. Drop the staged data (the next transfer starts at 0).
+            info!(node, peer = from, log_start, "checkpoint no longer needed");
+            self.fetch = None;
+            self.core.checkpoint_fetch_failed();
+            return Ok(());
+        }
         fetch.checkpoint = Some(checkpoint);
         fetch.next_offset = offset + data.len() as u64;
         fetch.last_progress = now;
@@ -162,6 +170,8 @@ impl<SM: StateMachine> Driver<SM> {
             bytes = next_offset,
             "checkpoint installed"
         );
+        // Cannot be refused: wants_checkpoint was checked before the swap above and
+        // nothing ran in between.
         self.core
             .install_checkpoint(now, from, log_start, system, checkpoint);
         Ok(())

@@ -294,7 +294,7 @@ impl<SM: StateMachine> Driver<SM> {
         }
         // 3. With the header durable, drop what it replaces.
         if let Some(c) = compact {
-            self.remove_compacted(c, &records)?;
+            self.remove_compacted(c)?;
         }
 
         // The peer table before the messages: a message to a member that was just
@@ -333,32 +333,13 @@ impl<SM: StateMachine> Driver<SM> {
     }
 
     /// Step 3 of a compaction: remove the segments the (durable) header replaces.
-    fn remove_compacted(
-        &mut self,
-        c: Compaction,
-        records: &[LogRecord],
-    ) -> Result<(), RuntimeError> {
+    fn remove_compacted(&mut self, c: Compaction) -> Result<(), RuntimeError> {
         let removed = self.log.remove_segments_below(c.below)?;
-        // `remove_segments_below` also forgets every index entry below `below`,
-        // including those of the header and records just written to the active
-        // segment (a checkpoint install compacts with `below = InstanceId::MAX` and
-        // carries the slots it keeps in its header). Append those again, in the
-        // same order so the newest still wins, so the log can read them back. They
-        // are durable already; the copies need no fsync of their own.
-        let lost: Vec<LogRecord> = c
-            .header
-            .iter()
-            .chain(records)
-            .filter(|r| r.instance().is_some_and(|i| i < c.below))
-            .cloned()
-            .collect();
-        self.append(&lost)?;
         self.counters.compactions += 1;
         debug!(
             node = self.node(),
             below = c.below,
             removed_segments = removed,
-            reindexed = lost.len(),
             "log compacted"
         );
         Ok(())

@@ -242,12 +242,10 @@ impl SegmentLog {
     }
 
     /// Deletes every non-active segment whose keyed records all have
-    /// `instance < below` (segments with only unkeyed records included), drops index
-    /// entries `< below` and fsyncs the directory. Returns how many were removed.
-    ///
-    /// Index entries below `below` are dropped only in memory: after a reopen, records
-    /// below it that live in surviving segments are indexed again, so the caller should
-    /// repeat this call with its checkpoint watermark after `open`.
+    /// `instance < below` (segments with only unkeyed records included), forgets the
+    /// index entries that pointed into them and fsyncs the directory. Returns how
+    /// many were removed. Records in surviving segments stay readable whatever their
+    /// instance, so a header written after `roll()` survives even `below = MAX`.
     pub fn remove_segments_below(&mut self, below: InstanceId) -> Result<usize, StorageError> {
         self.ensure_ok()?;
         let last = self.segments.len().saturating_sub(1);
@@ -256,11 +254,6 @@ impl SegmentLog {
             .filter(|s| s.max_instance.is_none_or(|m| m < below))
             .map(|s| s.seq)
             .collect();
-
-        {
-            let mut shared = write_lock(&self.shared);
-            shared.index = shared.index.split_off(&below);
-        }
 
         let mut removed = Vec::with_capacity(removable.len());
         let mut unlink_error = None;
@@ -280,10 +273,14 @@ impl SegmentLog {
         if !removed.is_empty() {
             self.segments.retain(|s| !removed.contains(&s.seq));
             {
+                // Forget exactly what pointed into the removed files: records kept in
+                // other segments (a compaction header, say) stay readable whatever
+                // their instance.
                 let mut shared = write_lock(&self.shared);
                 for seq in &removed {
                     shared.files.remove(seq);
                 }
+                shared.index.retain(|_, loc| !removed.contains(&loc.seq));
             }
             if let Err(e) = segment::sync_dir(&self.dir) {
                 return Err(self.fail(e));

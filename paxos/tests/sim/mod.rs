@@ -785,6 +785,16 @@ impl Sim {
             let (start, system) = core.log_start();
             (p.app.clone(), start, system.clone())
         };
+        let wanted = self.nodes[&node]
+            .core
+            .as_ref()
+            .is_some_and(|c| c.wants_checkpoint(log_start));
+        if !wanted {
+            if let Some(c) = self.nodes.get_mut(&node).and_then(|n| n.core.as_mut()) {
+                c.checkpoint_fetch_failed();
+            }
+            return;
+        }
         self.note(|| {
             format!(
                 "checkpoint {peer}->{node}: app at {}, log start {log_start}",
@@ -798,7 +808,7 @@ impl Sim {
         n.app.durable_next = app.durable_next;
         n.app.durable_hash = app.durable_hash;
         if let Some(c) = n.core.as_mut() {
-            c.install_checkpoint(t, peer, log_start, system, app.durable_next);
+            assert!(c.install_checkpoint(t, peer, log_start, system, app.durable_next));
         }
         self.process(node);
     }
