@@ -1,6 +1,8 @@
 //! In-process tests of the tokio runtime: several nodes in one test process,
 //! talking over loopback TCP, each with an in-memory state machine.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use anyhow::{Context, Result, bail, ensure};
 use paxos::runtime::{CheckpointChunk, Node, NodeConfig, NodeHandle, StateMachine};
 use paxos::storage::{LogOptions, SegmentLog};

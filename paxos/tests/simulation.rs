@@ -7,6 +7,8 @@
 //! - the soak: `PAXOS_SIM_SEEDS=20000 cargo test --release -p paxos --test simulation
 //!   seeds_sweep -- --nocapture`.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod sim;
 
 use sim::{Sim, SimConfig};

@@ -6,6 +6,8 @@
 //! machine may be busy building) but the tests finish as soon as the cluster
 //! gets there.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use anyhow::{Context, Result, bail, ensure};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};

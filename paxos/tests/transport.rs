@@ -3,6 +3,8 @@
 //! Frames written by hand here use an encoder independent of the crate's
 //! `frame` module, so these tests also pin down the documented wire format.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
