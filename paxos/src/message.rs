@@ -62,6 +62,7 @@ pub enum Message {
         log_start: InstanceId,
         system: SystemState,
         offset: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         done: bool,
     },

@@ -6,7 +6,7 @@
 //! order:
 //!
 //! 1. if `compact` is set: start a new segment and append its `header`;
-//! 2. append `records`, then fsync once (group commit);
+//! 2. append `records`, then fsync once (group commit) if `sync` is set;
 //! 3. if `compact` is set: remove the segments below `below` (the header, now
 //!    durable, replaces what they held);
 //! 4. send `messages` (only now: a promise or accept is never answered before it
@@ -92,6 +92,11 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Ready {
     pub records: Vec<LogRecord>,
+    /// Whether `records` (and the compaction header) must be fsync'd before the
+    /// messages leave. False when the only records are lazy ones (a leader's
+    /// chosen-prefix marker) that nothing sent depends on: they are written and
+    /// ride along with the next fsync, saving the leader one fsync per value.
+    pub sync: bool,
     pub compact: Option<Compaction>,
     pub messages: Vec<(NodeId, Message)>,
     pub apply: Vec<ChosenEntry>,
@@ -508,12 +513,46 @@ impl Core {
                 upto: self.chosen_prefix,
             });
         }
+        // A CommitAck vouches that our chosen prefix is durable (membership
+        // changes wait for a majority of them); everything else in the log is a
+        // promise, an accept or a learned value, which answers depend on.
+        let r = &mut self.ready;
+        r.sync = r.compact.is_some()
+            || r.records
+                .iter()
+                .any(|rec| !matches!(rec, LogRecord::ChosenPrefix { .. }))
+            || (!r.records.is_empty()
+                && r.messages
+                    .iter()
+                    .any(|(_, m)| matches!(m, Message::CommitAck { .. })));
         Ok(std::mem::take(&mut self.ready))
     }
 
-    /// True while there is more to hand out (a long apply backlog).
+    /// True while there is something to hand out: pending work, an apply backlog,
+    /// or queued proposals that can be placed (or a Prepare started) right now.
+    /// A driver should call `take_ready` as soon as this is true: a proposal must
+    /// not wait for the next tick. (An empty `Ready` may still come back, e.g. when
+    /// a partial batch waits for more items; stop looping then.)
     pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty() || self.applied < self.chosen_prefix
+        !self.ready.is_empty() || self.applied < self.chosen_prefix || self.can_flush()
+    }
+
+    fn can_flush(&self) -> bool {
+        if self.queue.is_empty() || self.bootstrapping {
+            return false;
+        }
+        match &self.role {
+            Role::Leading(l) => {
+                l.inflight.len() < self.cfg.max_inflight && l.membership_barrier.is_none()
+            }
+            Role::Preparing { .. } => false,
+            Role::Follower => {
+                self.now >= self.backoff_until
+                    && !self
+                        .last_foreign_accept
+                        .is_some_and(|t| self.now < t + self.cfg.leader_quiet)
+            }
+        }
     }
 
     fn advance_time(&mut self, now: Time) {

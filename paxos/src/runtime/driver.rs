@@ -272,6 +272,7 @@ impl<SM: StateMachine> Driver<SM> {
     fn carry_out(&mut self, ready: Ready) -> Result<(), RuntimeError> {
         let Ready {
             records,
+            sync,
             compact,
             messages,
             apply,
@@ -288,7 +289,7 @@ impl<SM: StateMachine> Driver<SM> {
         }
         // 2. The records, then one fsync for all of it (group commit).
         self.append(&records)?;
-        if compact.is_some() || !records.is_empty() {
+        if sync {
             self.log.sync()?;
             self.counters.log_syncs += 1;
         }

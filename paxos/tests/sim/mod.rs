@@ -833,6 +833,9 @@ impl Sim {
                     return;
                 }
             };
+            if ready.is_empty() {
+                return; // e.g. a partial batch waiting for more items
+            }
             // 1. Persist, maybe failing part-way.
             let disk_error =
                 self.faults && !ready.records.is_empty() && self.rng.random_bool(0.002);
