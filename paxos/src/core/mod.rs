@@ -546,13 +546,17 @@ impl Core {
                 l.inflight.len() < self.cfg.max_inflight && l.membership_barrier.is_none()
             }
             Role::Preparing { .. } => false,
-            Role::Follower => {
-                self.now >= self.backoff_until
-                    && !self
-                        .last_foreign_accept
-                        .is_some_and(|t| self.now < t + self.cfg.leader_quiet)
-            }
+            Role::Follower => self.may_prepare(),
         }
+    }
+
+    /// A follower may start a Prepare: not backing off, and no other proposer
+    /// has been seen at work lately.
+    fn may_prepare(&self) -> bool {
+        let leader_busy = self
+            .last_foreign_accept
+            .is_some_and(|t| self.now < t + self.cfg.leader_quiet);
+        self.now >= self.backoff_until && !leader_busy
     }
 
     fn advance_time(&mut self, now: Time) {

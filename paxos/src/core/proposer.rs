@@ -34,10 +34,7 @@ impl Core {
             Role::Leading(_) => self.place_batches(),
             Role::Preparing { .. } => {}
             Role::Follower => {
-                let leader_busy = self
-                    .last_foreign_accept
-                    .is_some_and(|t| self.now < t + self.cfg.leader_quiet);
-                if self.now >= self.backoff_until && !leader_busy {
+                if self.may_prepare() {
                     self.start_prepare();
                 }
             }
