@@ -1,0 +1,1 @@
+//! Test support: isolated, throw-away `mariadbd` instances.
