@@ -11,14 +11,7 @@ impl Core {
         self.max_seen = self.max_seen.max(ballot);
         // Equal ballots are the same proposer asking again: answer again.
         if ballot < self.promised {
-            self.counters.rejections_sent += 1;
-            self.send(
-                from,
-                Message::Reject {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+            self.reject(from, ballot);
             return;
         }
         if ballot > self.promised {
@@ -57,14 +50,7 @@ impl Core {
     ) {
         self.max_seen = self.max_seen.max(ballot);
         if ballot < self.promised {
-            self.counters.rejections_sent += 1;
-            self.send(
-                from,
-                Message::Reject {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+            self.reject(from, ballot);
             return;
         }
         if ballot > self.promised {
@@ -79,6 +65,12 @@ impl Core {
         }
         self.accept_locally(ballot, instance, value);
         self.send(from, Message::Accepted { ballot, instance });
+    }
+
+    fn reject(&mut self, to: NodeId, ballot: Ballot) {
+        self.counters.rejections_sent += 1;
+        let promised = self.promised;
+        self.send(to, Message::Reject { ballot, promised });
     }
 
     /// Records an accepted value (ballot already checked against the promise).
