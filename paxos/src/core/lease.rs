@@ -143,6 +143,11 @@ impl Core {
                 self.lease.self_until = None;
             }
         }
+        if p.node.is_none() || (p.node == Some(me) && !ours) {
+            // The lease was released or handed to us: the proposer that was at work
+            // stepped aside on purpose, so there is no leader to stay quiet for.
+            self.last_foreign_accept = None;
+        }
         let expiry = match p.node {
             None => self.now,
             Some(_) => self.now + self.cfg.lease_others(duration),
