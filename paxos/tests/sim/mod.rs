@@ -748,19 +748,19 @@ impl Sim {
             }
             _ => None,
         };
-        if let Some(op) = op {
-            if let Some(m) = self.masters_now().first().copied() {
-                let t = self.local(m);
-                let change = MembershipChange {
-                    expect_version: newest.version,
-                    op: op.clone(),
-                };
-                self.note(|| format!("propose membership {op:?} at {m}"));
-                if let Some(core) = self.nodes.get_mut(&m).and_then(|n| n.core.as_mut()) {
-                    core.propose_membership(t, change);
-                }
-                self.process(m);
+        if let Some(op) = op
+            && let Some(m) = self.masters_now().first().copied()
+        {
+            let t = self.local(m);
+            let change = MembershipChange {
+                expect_version: newest.version,
+                op: op.clone(),
+            };
+            self.note(|| format!("propose membership {op:?} at {m}"));
+            if let Some(core) = self.nodes.get_mut(&m).and_then(|n| n.core.as_mut()) {
+                core.propose_membership(t, change);
             }
+            self.process(m);
         }
         if self.membership_step < 3 {
             self.schedule(300 * MS, Event::MembershipScript);
@@ -941,7 +941,7 @@ impl Sim {
         node.app.hash = hash;
         node.app.next += 1;
         // The application makes a durable checkpoint every few instances.
-        if node.app.next % 7 == 0 {
+        if node.app.next.is_multiple_of(7) {
             node.app.durable_next = node.app.next;
             node.app.durable_hash = node.app.hash;
         }
