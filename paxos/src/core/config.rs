@@ -45,6 +45,8 @@ pub struct CoreConfig {
     /// The largest clock-rate error between any two nodes, as a fraction (0.01 = 1%).
     /// The master gives up `lease * drift` early, others wait `lease * drift` longer.
     pub lease_drift: f64,
+    /// How often the master renews; `None` means a quarter of the lease.
+    pub lease_renew_interval: Option<Duration>,
     /// Whether this node may campaign for the lease at all.
     pub lease_enabled: bool,
 
@@ -74,6 +76,7 @@ impl CoreConfig {
             max_apply_bytes: 64 << 20,
             lease_duration: Duration::from_secs(3),
             lease_drift: 0.05,
+            lease_renew_interval: None,
             lease_enabled: true,
             keep_instances: 10_000,
         }
@@ -90,6 +93,6 @@ impl CoreConfig {
     }
 
     pub fn renew_interval(&self) -> Duration {
-        self.lease_duration / 4
+        self.lease_renew_interval.unwrap_or(self.lease_duration / 4)
     }
 }
