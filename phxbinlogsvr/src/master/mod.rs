@@ -1,0 +1,1 @@
+//! Replication master served to the local MariaDB replica.

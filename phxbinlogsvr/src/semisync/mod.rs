@@ -1,0 +1,1 @@
+//! Semi-synchronous replica client of the local MariaDB master.
