@@ -103,3 +103,14 @@ pub const REPL_PASSWORD: &str = "repl-secret";
 pub const APP_USER: &str = "app";
 /// [`APP_USER`]'s password.
 pub const APP_PASSWORD: &str = "app-secret";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instances_can_be_shared_between_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<crate::MariaDb>();
+        send_sync::<crate::Cluster>();
+        send_sync::<crate::TestkitError>();
+    }
+}
