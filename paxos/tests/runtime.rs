@@ -392,10 +392,11 @@ async fn learner_joins_through_a_checkpoint_transfer() -> Result<()> {
     let expected = nodes[m].sm.items();
     wait_until("the learner to catch up", || joiner_sm.items() == expected).await?;
     let c = joiner.counters();
+    // At least one: with a 4-instance window the founders may compact past the
+    // installed checkpoint while the joiner catches up, and it installs again.
     ensure!(
-        c.runtime.checkpoints_installed == 1,
-        "installed {} checkpoints",
-        c.runtime.checkpoints_installed
+        c.runtime.checkpoints_installed >= 1,
+        "installed no checkpoint"
     );
     let status = joiner.status().await?;
     ensure!(!status.bootstrapping && status.membership.learners.contains_key(&4));
