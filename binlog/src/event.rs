@@ -9,7 +9,7 @@ use crate::checksum::{CRC_LEN, Checksum, crc32};
 use crate::cursor::{Cursor, put_at, u32_at};
 use crate::error::{Error, Result};
 use crate::header::{EventHeader, FLAGS_OFFSET, HEADER_LEN, LOG_POS_OFFSET};
-use crate::types::EventType;
+use crate::types::{EventType, flags};
 
 /// The 4 bytes every binlog file starts with.
 pub const BINLOG_MAGIC: [u8; 4] = [0xfe, b'b', b'i', b'n'];
@@ -101,7 +101,13 @@ fn verify(raw: &[u8], body_end: usize, event_type: EventType) -> Result<()> {
         needed: body_end + CRC_LEN,
         available: raw.len(),
     })?;
-    let computed = crc32(data);
+    let mut computed = crc32(data);
+    if stored != computed && event_type == EventType::FORMAT_DESCRIPTION {
+        // The FDE of the binlog file MariaDB is still writing carries
+        // LOG_EVENT_BINLOG_IN_USE_F, and its CRC was computed with that flag clear
+        // (the server sets it in place without re-checksumming).
+        computed = crc32_with_in_use_cleared(data);
+    }
     if stored != computed {
         return Err(Error::ChecksumMismatch {
             event_type,
@@ -110,6 +116,21 @@ fn verify(raw: &[u8], body_end: usize, event_type: EventType) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// CRC-32 of an event's bytes as if the header's in-use flag (the low bit of the
+/// flags at offset 17) were clear.
+fn crc32_with_in_use_cleared(data: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    match data.get(FLAGS_OFFSET) {
+        Some(flags_low) => {
+            h.update(&data[..FLAGS_OFFSET]);
+            h.update(&[flags_low & !(flags::LOG_EVENT_BINLOG_IN_USE_F as u8)]);
+            h.update(&data[FLAGS_OFFSET + 1..]);
+        }
+        None => h.update(data),
+    }
+    h.finalize()
 }
 
 /// One event: a checked view over its raw bytes (header, body, checksum).
@@ -680,6 +701,23 @@ mod tests {
 
     const FILE1: &[u8] = include_bytes!("../tests/data/fx-bin.000001");
     const FILE3: &[u8] = include_bytes!("../tests/data/fx-bin.000003");
+
+    #[test]
+    fn fde_of_a_file_in_use_verifies_with_the_flag_cleared() {
+        // The first event after the magic of a real file is its FDE.
+        let len = u32_at(FILE1, 4 + 9).unwrap() as usize;
+        let mut fde = FILE1[4..4 + len].to_vec();
+        Event::parse(&fde, Checksum::Crc32).unwrap();
+        // MariaDB sets the in-use flag in place, without a new CRC.
+        fde[17] |= flags::LOG_EVENT_BINLOG_IN_USE_F as u8;
+        Event::parse(&fde, Checksum::Crc32).unwrap();
+        // Any other change is still caught.
+        fde[17] |= flags::LOG_EVENT_THREAD_SPECIFIC_F as u8;
+        assert!(matches!(
+            Event::parse(&fde, Checksum::Crc32),
+            Err(Error::ChecksumMismatch { .. })
+        ));
+    }
 
     fn sample(checksum: Checksum) -> Vec<u8> {
         build_event(

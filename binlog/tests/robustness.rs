@@ -132,8 +132,14 @@ fn single_bit_flips_are_always_caught_by_the_crc() {
         if cs != Checksum::Crc32 || raw.len() > 1000 {
             continue;
         }
+        let is_fde = raw.get(4) == Some(&15);
         for i in 0..raw.len() {
             for bit in 0..8 {
+                // The one bit MariaDB itself flips without a new CRC: the FDE's
+                // "binlog in use" flag (the low bit of the flags at offset 17).
+                if is_fde && i == 17 && bit == 0 {
+                    continue;
+                }
                 let mut m = raw.clone();
                 m[i] ^= 1 << bit;
                 assert!(Event::parse(&m, cs).is_err(), "flip {i}.{bit} undetected");
