@@ -7,3 +7,4 @@
 
 pub mod master;
 pub mod semisync;
+pub mod store;
