@@ -1,0 +1,373 @@
+//! The admin HTTP API (axum): `GET /status`, `/master`, `/members`,
+//! `/metrics`. Read-only for now and unauthenticated (the mutating
+//! endpoints, which will require the `admin_api` bearer token, come with
+//! `phxctl`).
+//!
+//! `/metrics` is Prometheus text exposition format written by hand: the
+//! counters already live in plain structs (`paxos::NodeCounters`,
+//! `MasterStats`, the write path's atomics), so a registry crate would only
+//! copy them; a `# TYPE` line per metric and `name{labels} value` lines are
+//! all a scraper needs.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use mysql_async::prelude::Queryable;
+use paxos::NodeHandle;
+use serde_json::{Value, json};
+
+use super::state_machine::Progress;
+use super::value::ApplyOutcome;
+use super::write_path::WriteMetrics;
+use crate::master::MasterMetrics;
+
+/// Everything the handlers read.
+pub struct AdminState {
+    pub cluster: String,
+    pub node_name: String,
+    pub node_id: u64,
+    /// Node id -> name, from the cluster file.
+    pub names: Vec<(u64, String)>,
+    pub handle: NodeHandle<ApplyOutcome>,
+    pub progress: Arc<Progress>,
+    pub write: Arc<WriteMetrics>,
+    pub master: Arc<MasterMetrics>,
+    /// Control connection to the local MariaDB (admin account).
+    pub mariadb: mysql_async::Opts,
+}
+
+impl AdminState {
+    fn name_of(&self, id: u64) -> Option<&str> {
+        self.names
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, n)| n.as_str())
+    }
+}
+
+/// The router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/master", get(master))
+        .route("/members", get(members))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn mariadb_gtid_current_pos(opts: &mysql_async::Opts) -> Result<String, String> {
+    let work = async {
+        let mut conn = mysql_async::Conn::new(opts.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let pos: Option<String> = conn
+            .query_first("SELECT @@GLOBAL.gtid_current_pos")
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = conn.disconnect().await;
+        Ok(pos.unwrap_or_default())
+    };
+    match tokio::time::timeout(Duration::from_secs(1), work).await {
+        Ok(r) => r,
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": e.to_string()})),
+    )
+        .into_response()
+}
+
+async fn status(State(s): State<Arc<AdminState>>) -> Response {
+    let st = match s.handle.status().await {
+        Ok(st) => st,
+        Err(e) => return internal(e),
+    };
+    let is_master = s.handle.is_master();
+    let lease = s.handle.master();
+    let p = s.progress.snapshot();
+    let (mariadb_pos, mariadb_error) = match mariadb_gtid_current_pos(&s.mariadb).await {
+        Ok(pos) => (Value::String(pos), Value::Null),
+        Err(e) => (Value::Null, Value::String(e)),
+    };
+    Json(json!({
+        "cluster": s.cluster,
+        "node": s.node_name,
+        "node_id": s.node_id,
+        "role": if is_master { "master" } else { "follower" },
+        "is_master": is_master,
+        "lease": {
+            "master": lease.map(|(id, _)| id),
+            "master_name": lease.and_then(|(id, _)| s.name_of(id)),
+            "remaining_ms": lease.map(|(_, d)| d.as_millis() as u64),
+            "version": st.lease_version,
+        },
+        "paxos": {
+            "chosen_prefix": st.chosen_prefix,
+            "applied": st.applied,
+            "log_start": st.log_start,
+            "queued": st.queued,
+            "inflight": st.inflight,
+            "bootstrapping": st.bootstrapping,
+        },
+        "store": {
+            "checkpoint": p.checkpoint,
+            "last_gtid_pos": p.pos.to_string(),
+            "rolling_checksum": p.checksum,
+            "end_index": p.end_index,
+        },
+        "write_path": {
+            "active": s.write.active.load(Ordering::Relaxed) == 1,
+            "transactions_acked": s.write.transactions_acked.load(Ordering::Relaxed),
+        },
+        "mariadb": {
+            "gtid_current_pos": mariadb_pos,
+            "error": mariadb_error,
+        },
+    }))
+    .into_response()
+}
+
+async fn master(State(s): State<Arc<AdminState>>) -> Response {
+    let lease = s.handle.master();
+    Json(json!({
+        "master": lease.map(|(id, _)| id),
+        "master_name": lease.and_then(|(id, _)| s.name_of(id)),
+        "remaining_ms": lease.map(|(_, d)| d.as_millis() as u64),
+        "is_me": s.handle.is_master(),
+    }))
+    .into_response()
+}
+
+async fn members(State(s): State<Arc<AdminState>>) -> Response {
+    let st = match s.handle.status().await {
+        Ok(st) => st,
+        Err(e) => return internal(e),
+    };
+    let list = |m: &std::collections::BTreeMap<u64, String>| -> Vec<Value> {
+        m.iter()
+            .map(|(id, addr)| json!({"id": id, "name": s.name_of(*id), "paxos_addr": addr}))
+            .collect()
+    };
+    Json(json!({
+        "version": st.membership.version,
+        "voters": list(&st.membership.voters),
+        "learners": list(&st.membership.learners),
+    }))
+    .into_response()
+}
+
+struct Prom {
+    out: String,
+    labels: String,
+}
+
+impl Prom {
+    fn metric(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        let _ = writeln!(self.out, "{name}{{{}}} {value}", self.labels);
+    }
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.metric(name, "counter", help, value);
+    }
+    fn gauge(&mut self, name: &str, help: &str, value: u64) {
+        self.metric(name, "gauge", help, value);
+    }
+}
+
+/// The metrics in Prometheus text format.
+pub fn render_metrics(s: &AdminState) -> String {
+    let mut m = Prom {
+        out: String::new(),
+        labels: format!(
+            "cluster=\"{}\",node=\"{}\"",
+            s.cluster.replace('"', ""),
+            s.node_name
+        ),
+    };
+    let c = s.handle.counters();
+    m.gauge(
+        "phxbinlogsvr_is_master",
+        "1 while this node holds the master lease",
+        u64::from(s.handle.is_master()),
+    );
+    let core = &c.core;
+    for (name, v) in [
+        ("prepares_sent", core.prepares_sent),
+        ("prepares_won", core.prepares_won),
+        ("accepts_sent", core.accepts_sent),
+        ("accept_retries", core.accept_retries),
+        ("rejections_received", core.rejections_received),
+        (
+            "instances_chosen_as_leader",
+            core.instances_chosen_as_leader,
+        ),
+        ("instances_learned", core.instances_learned),
+        ("items_proposed", core.items_proposed),
+        ("items_chosen", core.items_chosen),
+        ("proposals_failed", core.proposals_failed),
+        ("proposals_timed_out", core.proposals_timed_out),
+        ("catch_up_requests_sent", core.catch_up_requests_sent),
+        ("catch_up_bytes_received", core.catch_up_bytes_received),
+        ("checkpoint_installs", core.checkpoint_installs),
+        ("lease_campaigns", core.lease_campaigns),
+        ("lease_acquired", core.lease_acquired),
+        ("lease_renewals", core.lease_renewals),
+        ("lease_lost", core.lease_lost),
+        ("membership_changes", core.membership_changes),
+        ("compactions", core.compactions),
+    ] {
+        m.counter(
+            &format!("phxbinlogsvr_paxos_{name}_total"),
+            "Paxos core counter",
+            v,
+        );
+    }
+    let t = &c.transport;
+    for (name, v) in [
+        ("frames_sent", t.frames_sent),
+        ("frames_received", t.frames_received),
+        ("bytes_sent", t.bytes_sent),
+        ("bytes_received", t.bytes_received),
+        ("dropped_foreign_cluster", t.dropped_foreign_cluster),
+        ("dropped_unknown_peer", t.dropped_unknown_peer),
+        ("dropped_queue_full", t.dropped_queue_full),
+        ("malformed_frames", t.malformed_frames),
+        ("connects", t.connects),
+        ("connect_failures", t.connect_failures),
+    ] {
+        m.counter(
+            &format!("phxbinlogsvr_transport_{name}_total"),
+            "Paxos transport counter",
+            v,
+        );
+    }
+    let r = &c.runtime;
+    for (name, v) in [
+        ("log_syncs", r.log_syncs),
+        ("records_appended", r.records_appended),
+        ("instances_applied", r.instances_applied),
+        ("items_applied", r.items_applied),
+        ("checkpoints_installed", r.checkpoints_installed),
+    ] {
+        m.counter(
+            &format!("phxbinlogsvr_runtime_{name}_total"),
+            "Paxos runtime counter",
+            v,
+        );
+    }
+    let p = s.progress.snapshot();
+    m.gauge(
+        "phxbinlogsvr_store_checkpoint",
+        "every instance below is in the event store",
+        p.checkpoint,
+    );
+    m.gauge(
+        "phxbinlogsvr_store_end_index",
+        "log index of the next transaction",
+        p.end_index,
+    );
+    m.counter(
+        "phxbinlogsvr_store_transactions_appended_total",
+        "transactions appended by this process",
+        p.transactions_appended,
+    );
+    m.counter(
+        "phxbinlogsvr_store_batches_applied_total",
+        "batches that extended the log",
+        p.batches_applied,
+    );
+    m.counter(
+        "phxbinlogsvr_store_conflicts_total",
+        "batches refused by the compare-and-set",
+        p.conflicts,
+    );
+    m.counter(
+        "phxbinlogsvr_store_rejected_total",
+        "items that were not valid batches",
+        p.rejected,
+    );
+    let w = &s.write;
+    for (name, v) in [
+        ("sessions_started", &w.sessions_started),
+        ("sessions_connected", &w.sessions_connected),
+        ("connect_failures", &w.connect_failures),
+        ("proposals", &w.proposals),
+        ("proposals_applied", &w.proposals_applied),
+        ("proposals_conflict", &w.proposals_conflict),
+        ("proposals_rejected", &w.proposals_rejected),
+        ("proposals_failed", &w.proposals_failed),
+        ("transactions_proposed", &w.transactions_proposed),
+        ("transactions_acked", &w.transactions_acked),
+        ("transactions_acked_known", &w.transactions_acked_known),
+        ("acks_sent", &w.acks_sent),
+        ("lease_lost", &w.lease_lost),
+        ("dump_errors", &w.dump_errors),
+        ("bytes_proposed", &w.bytes_proposed),
+    ] {
+        m.counter(
+            &format!("phxbinlogsvr_semisync_{name}_total"),
+            "write path (semi-sync replica) counter",
+            v.load(Ordering::Relaxed),
+        );
+    }
+    m.gauge(
+        "phxbinlogsvr_semisync_active",
+        "1 while a semi-sync dump is connected",
+        w.active.load(Ordering::Relaxed),
+    );
+    let ms = s.master.snapshot();
+    for (name, v) in [
+        ("connections_accepted", ms.connections_accepted),
+        ("connections_refused", ms.connections_refused),
+        ("auth_failures", ms.auth_failures),
+        ("protocol_errors", ms.protocol_errors),
+        ("queries", ms.queries),
+        ("dumps_started", ms.dumps_started),
+        ("dump_errors", ms.dump_errors),
+        ("transactions_sent", ms.transactions_sent),
+        ("events_sent", ms.events_sent),
+        ("heartbeats_sent", ms.heartbeats_sent),
+        ("bytes_sent", ms.bytes_sent),
+    ] {
+        m.counter(
+            &format!("phxbinlogsvr_master_{name}_total"),
+            "replication master counter",
+            v,
+        );
+    }
+    m.gauge(
+        "phxbinlogsvr_master_connections_active",
+        "replica connections open",
+        ms.connections_active,
+    );
+    m.gauge(
+        "phxbinlogsvr_master_dumps_active",
+        "binlog dumps running",
+        ms.dumps_active,
+    );
+    m.out
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render_metrics(&s),
+    )
+        .into_response()
+}

@@ -1,0 +1,271 @@
+//! The binlog server of one node, wired together: the Paxos node with the
+//! [`BinlogStateMachine`] over the event store, the write path (active
+//! while this node holds the lease), the replication master for the local
+//! replica, and the admin HTTP API.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = phxsql_config::ClusterConfig::load("cluster.yaml")?;
+//! let server = phxbinlogsvr::server::Server::start(&cfg, "node1", Default::default()).await?;
+//! server.wait().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Server ids: the binlog server appears to MariaDB with server id
+//! [`BINLOG_SERVER_ID_BASE`] + node id (as the semi-sync replica of the
+//! local master, and as the master of the local replica), far above the
+//! ids the agent gives the MariaDB servers (`mariadb.server_id_base` + ...).
+
+pub mod admin;
+pub mod state_machine;
+pub mod value;
+pub mod write_path;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paxos::runtime::{Node, NodeConfig};
+use paxos::{Membership, NodeHandle, SystemState};
+use phxsql_config::ClusterConfig;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use state_machine::{BinlogStateMachine, Progress, ProgressState};
+pub use value::{ApplyOutcome, BinlogValue, MAX_BATCH_BYTES, MAX_TRANSACTION_BYTES};
+pub use write_path::{WriteMetrics, WritePath, WritePathConfig};
+
+use crate::master::{MasterConfig, MasterHandle, MasterServer, Password};
+use crate::semisync::SemiSyncConfig;
+use crate::store::{EventStore, StoreOptions};
+
+/// Server ids of binlog servers: this plus the node id (mod 10^8).
+pub const BINLOG_SERVER_ID_BASE: u32 = 4_000_000_000;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("configuration: {0}")]
+    Config(#[from] phxsql_config::ConfigError),
+    #[error("event store at {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: crate::store::StoreError,
+    },
+    #[error("Paxos node: {0}")]
+    Paxos(#[from] paxos::RuntimeError),
+    #[error("the Paxos node stopped: {0}")]
+    PaxosStopped(Arc<paxos::RuntimeError>),
+    #[error("replication master on {addr}: {source}")]
+    Master {
+        addr: SocketAddr,
+        #[source]
+        source: crate::master::MasterError,
+    },
+    #[error("admin API on {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot resolve the local MariaDB address {addr}: {reason}")]
+    MariadbAddr { addr: String, reason: String },
+}
+
+/// Options not in the cluster file.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Never campaign for the master lease (testing / until the agent
+    /// decides; the node still votes and follows).
+    pub no_campaign: bool,
+}
+
+/// A running binlog server.
+pub struct Server {
+    pub handle: NodeHandle<ApplyOutcome>,
+    pub progress: Arc<Progress>,
+    pub write_metrics: Arc<WriteMetrics>,
+    pub admin_addr: SocketAddr,
+    pub binlog_addr: SocketAddr,
+    master: Option<MasterHandle>,
+    shutdown: watch::Sender<bool>,
+    write_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts every part of node `node` of `cfg`.
+    pub async fn start(
+        cfg: &ClusterConfig,
+        node: &str,
+        opts: ServerOptions,
+    ) -> Result<Server, ServerError> {
+        let me = cfg.node(node)?.clone();
+        let server_id = BINLOG_SERVER_ID_BASE + (me.id % 100_000_000) as u32;
+
+        // Event store and state machine.
+        let store_dir = me.data_dir.join("store");
+        let dir = store_dir.clone();
+        let store =
+            tokio::task::spawn_blocking(move || EventStore::open(&dir, StoreOptions::default()))
+                .await
+                .map_err(|_| paxos::RuntimeError::Panicked)?
+                .map_err(|source| ServerError::Store {
+                    path: store_dir.clone(),
+                    source,
+                })?
+                .0;
+        let sm = BinlogStateMachine::new(store);
+        let progress = sm.progress();
+
+        // Paxos node.
+        let mut ncfg = NodeConfig::new(
+            me.id,
+            cfg.cluster_id,
+            me.listen_addr(me.paxos_port),
+            me.data_dir.clone(),
+        );
+        ncfg.core.lease_duration = cfg.lease.duration;
+        ncfg.core.lease_drift = cfg.lease.drift;
+        ncfg.core.lease_renew_interval = Some(cfg.lease.renew_interval);
+        ncfg.core.lease_enabled = me.is_voter() && !opts.no_campaign;
+        let mut membership = Membership::new(cfg.initial_voters());
+        for n in cfg.nodes.iter().filter(|n| !n.is_voter()) {
+            membership.learners.insert(n.id, n.paxos_addr());
+        }
+        ncfg.initial = Some(SystemState {
+            membership,
+            ..SystemState::default()
+        });
+        let handle = Node::start(ncfg, sm).await?;
+        tracing::info!(node = %me.name, id = me.id, paxos = %me.paxos_addr(), "Paxos node started");
+
+        // Replication master for the local replica.
+        let repl = &cfg.credentials.replication;
+        let binlog_listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), me.binlog_port);
+        let mcfg = MasterConfig::new(
+            binlog_listen,
+            repl.user.clone(),
+            Password::new(repl.password.expose()),
+            server_id,
+        );
+        let master = MasterServer::bind(mcfg, Arc::new(progress.reader().clone()))
+            .await
+            .map_err(|source| ServerError::Master {
+                addr: binlog_listen,
+                source,
+            })?;
+        let binlog_addr = master.local_addr();
+        let master_metrics = master.metrics();
+        let master = master.spawn();
+        tracing::info!(addr = %binlog_addr, "replication master listening");
+
+        // Write path.
+        let mariadb_addr_text = me.mariadb_addr();
+        let mariadb_addr = tokio::net::lookup_host(mariadb_addr_text.as_str())
+            .await
+            .map_err(|e| ServerError::MariadbAddr {
+                addr: mariadb_addr_text.clone(),
+                reason: e.to_string(),
+            })?
+            .next()
+            .ok_or_else(|| ServerError::MariadbAddr {
+                addr: mariadb_addr_text.clone(),
+                reason: "no address".into(),
+            })?;
+        let ss = SemiSyncConfig::new(
+            mariadb_addr,
+            repl.user.clone(),
+            repl.password.expose(),
+            server_id,
+        );
+        let write_metrics = Arc::new(WriteMetrics::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let wp = WritePath::new(
+            WritePathConfig::new(ss),
+            handle.clone(),
+            Arc::clone(&progress),
+            Arc::clone(&write_metrics),
+        );
+        let write_task = tokio::spawn(wp.run(shutdown_rx.clone()));
+
+        // Admin API.
+        let admin = &cfg.credentials.mariadb_admin;
+        let mariadb_opts: mysql_async::Opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname(mariadb_addr.ip().to_string())
+            .tcp_port(mariadb_addr.port())
+            .user(Some(admin.user.clone()))
+            .pass(Some(admin.password.expose().to_string()))
+            .prefer_socket(false)
+            .into();
+        let state = Arc::new(admin::AdminState {
+            cluster: cfg.name.clone(),
+            node_name: me.name.clone(),
+            node_id: me.id,
+            names: cfg.nodes.iter().map(|n| (n.id, n.name.clone())).collect(),
+            handle: handle.clone(),
+            progress: Arc::clone(&progress),
+            write: Arc::clone(&write_metrics),
+            master: master_metrics,
+            mariadb: mariadb_opts,
+        });
+        let admin_listen = me.listen_addr(me.admin_port);
+        let listener = tokio::net::TcpListener::bind(admin_listen)
+            .await
+            .map_err(|source| ServerError::Admin {
+                addr: admin_listen,
+                source,
+            })?;
+        let admin_addr = listener.local_addr().map_err(|source| ServerError::Admin {
+            addr: admin_listen,
+            source,
+        })?;
+        let mut admin_shutdown = shutdown_rx;
+        let admin_task = tokio::spawn(async move {
+            let serve =
+                axum::serve(listener, admin::router(state)).with_graceful_shutdown(async move {
+                    let _ = admin_shutdown.wait_for(|s| *s).await;
+                });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin API failed");
+            }
+        });
+        tracing::info!(addr = %admin_addr, "admin API listening");
+
+        Ok(Server {
+            handle,
+            progress,
+            write_metrics,
+            admin_addr,
+            binlog_addr,
+            master: Some(master),
+            shutdown,
+            write_task,
+            admin_task,
+        })
+    }
+
+    /// Resolves when the Paxos node stops (an error if it failed).
+    pub async fn wait(&self) -> Result<(), ServerError> {
+        self.handle
+            .stopped()
+            .await
+            .map_err(ServerError::PaxosStopped)
+    }
+
+    /// Stops everything: the write path (no more ACKs), the admin API, the
+    /// replication master, then the Paxos node.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.write_task).await;
+        self.write_task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.admin_task).await;
+        self.admin_task.abort();
+        if let Some(m) = self.master.take() {
+            m.shutdown().await;
+        }
+        self.handle.shutdown().await;
+    }
+}

@@ -1,0 +1,504 @@
+//! The write path: while this node holds the master lease, read the local
+//! MariaDB's binlog as a semi-sync replica, propose the transactions
+//! through Paxos, and ACK them once chosen.
+//!
+//! One session = one dump connection:
+//!
+//! 1. wait until `is_master()`;
+//! 2. connect a [`SemiSyncClient`] with connect state = the GTID position
+//!    after the last transaction this process acknowledged (at process
+//!    start: the store's last position); a task reads whole transactions
+//!    into a bounded channel;
+//! 3. take whatever is available (at most [`MAX_BATCH_BYTES`] and
+//!    `max_batch_transactions`), build a [`BinlogValue`] on the last known
+//!    (position, rolling checksum), propose it and wait;
+//! 4. output `Applied`: ACK the last transaction's (file, pos) (an ACK at a
+//!    position releases every commit waiting at or before it), continue
+//!    with the new (position, checksum) from the output;
+//! 5. `Conflict`, `Rejected`, a failed proposal, a lost lease, a dump
+//!    error: no ACK, drop the dump, log, back to 1.
+//!
+//! Transactions the dump sends that the store already holds (chosen by an
+//! earlier proposal whose outcome this process did not see, e.g. a value
+//! re-proposed by the core after a lost lease) are acknowledged without a
+//! proposal: they are chosen. Nothing else is ever acknowledged.
+//!
+//! After a process restart nothing is known about what was acknowledged,
+//! and the local master may hold commits waiting for transactions that
+//! were chosen but never acknowledged (the process died in between). So
+//! the first session starts one transaction *before* the store's end: the
+//! dump sends the last chosen transaction again, it is found in the store
+//! and acknowledged, and that ACK releases every commit waiting at or
+//! before it. (If that connect state fails, later sessions start at the
+//! store's end.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use binlog::GtidPos;
+use paxos::NodeHandle;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::state_machine::Progress;
+use super::value::{ApplyOutcome, BinlogValue, MAX_BATCH_BYTES, MAX_TRANSACTION_BYTES};
+use crate::semisync::{
+    ReplTransaction, SemiSyncClient, SemiSyncConfig, SemiSyncError, TransactionReader,
+};
+use crate::store::StoreReader;
+
+/// Settings of the write path.
+#[derive(Debug, Clone)]
+pub struct WritePathConfig {
+    /// How to reach the local master (`connect_state` is set per session).
+    pub semisync: SemiSyncConfig,
+    /// Most transactions in one proposal.
+    pub max_batch_transactions: usize,
+    /// Most bytes in one proposal.
+    pub max_batch_bytes: usize,
+    /// Pause after a session ends with an error.
+    pub retry_delay: Duration,
+    /// How often the lease is checked while waiting.
+    pub poll_interval: Duration,
+}
+
+impl WritePathConfig {
+    /// The defaults around a semi-sync configuration.
+    pub fn new(semisync: SemiSyncConfig) -> Self {
+        WritePathConfig {
+            semisync,
+            max_batch_transactions: 1024,
+            max_batch_bytes: MAX_BATCH_BYTES,
+            retry_delay: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Counters of the write path.
+#[derive(Debug, Default)]
+pub struct WriteMetrics {
+    pub sessions_started: AtomicU64,
+    pub sessions_connected: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub proposals: AtomicU64,
+    pub proposals_applied: AtomicU64,
+    pub proposals_conflict: AtomicU64,
+    pub proposals_rejected: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub transactions_proposed: AtomicU64,
+    pub transactions_acked: AtomicU64,
+    pub transactions_acked_known: AtomicU64,
+    pub acks_sent: AtomicU64,
+    pub lease_lost: AtomicU64,
+    pub dump_errors: AtomicU64,
+    pub bytes_proposed: AtomicU64,
+    /// 1 while a dump session is connected.
+    pub active: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    #[error("lost the master lease")]
+    LostLease,
+    #[error("shutting down")]
+    Shutdown,
+    #[error("semi-sync connection: {0}")]
+    SemiSync(#[from] SemiSyncError),
+    #[error("the dump reader stopped")]
+    ReaderGone,
+    #[error("compare-and-set conflict: the log ends at {pos} (checksum {checksum:#010x})")]
+    Conflict { pos: String, checksum: u32 },
+    #[error("batch rejected: {0}")]
+    Rejected(String),
+    #[error("proposal failed: {0}")]
+    ProposeFailed(#[from] paxos::ProposeFailed),
+    #[error("cannot encode the value: {0}")]
+    Encode(#[from] postcard::Error),
+    #[error(
+        "transaction {gtid} is {len} bytes, more than the {max} bytes one value may carry (splitting is not implemented yet)"
+    )]
+    TooLarge {
+        gtid: String,
+        len: usize,
+        max: usize,
+    },
+}
+
+/// Aborts the reader task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The write path of one node.
+pub struct WritePath {
+    cfg: WritePathConfig,
+    handle: NodeHandle<ApplyOutcome>,
+    progress: Arc<Progress>,
+    metrics: Arc<WriteMetrics>,
+    /// GTID position after the last transaction acknowledged by this process.
+    acked_upto: Option<GtidPos>,
+    /// The first session's rewound start was tried.
+    rewind_tried: bool,
+}
+
+/// The store's GTID position without its last transaction (that domain
+/// set back to its previous GTID, or left out if the store has none
+/// before it). `None` when the store is empty or the previous GTID of the
+/// domain is not within the last [`REWIND_SCAN`] transactions.
+fn rewound_position(reader: &StoreReader) -> Option<GtidPos> {
+    let end = reader.end_index();
+    let first = reader.first_index();
+    if end == 0 || end <= first {
+        return None;
+    }
+    let read_gtid = |i: u64| -> Option<binlog::Gtid> {
+        let entries = reader.read_from_blocking(i, 1).ok()?;
+        entries.first().map(|e| e.transaction.gtid())
+    };
+    let last = read_gtid(end - 1)?;
+    let mut pos = reader.gtid_pos();
+    pos.remove(last.domain);
+    let mut i = end - 1;
+    let mut scanned = 0;
+    while i > first {
+        i -= 1;
+        scanned += 1;
+        if scanned > REWIND_SCAN {
+            return None;
+        }
+        let g = read_gtid(i)?;
+        if g.domain == last.domain {
+            pos.set(g);
+            return Some(pos);
+        }
+    }
+    // Nothing of that domain held before it: the trimmed boundary, if any.
+    if let Some(g) = reader.trimmed_pos().get(last.domain) {
+        pos.set(g);
+    }
+    Some(pos)
+}
+
+/// Longest pause between connection attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// How far back [`rewound_position`] looks for the previous GTID of a domain.
+const REWIND_SCAN: u32 = 1000;
+
+impl WritePath {
+    /// A write path over a running node and its state machine's progress.
+    pub fn new(
+        cfg: WritePathConfig,
+        handle: NodeHandle<ApplyOutcome>,
+        progress: Arc<Progress>,
+        metrics: Arc<WriteMetrics>,
+    ) -> Self {
+        WritePath {
+            cfg,
+            handle,
+            progress,
+            metrics,
+            acked_upto: None,
+            rewind_tried: false,
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // Sessions in a row that did not get connected.
+        let mut failures: u32 = 0;
+        loop {
+            // 1. Wait for the lease.
+            while !self.handle.is_master() {
+                if *shutdown.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            inc(&self.metrics.sessions_started);
+            let connected_before = self.metrics.sessions_connected.load(Ordering::Relaxed);
+            let end = self.session(&mut shutdown).await;
+            if self.metrics.sessions_connected.load(Ordering::Relaxed) == connected_before {
+                failures = failures.saturating_add(1);
+            } else {
+                failures = 0;
+            }
+            self.metrics.active.store(0, Ordering::Relaxed);
+            match &end {
+                SessionEnd::Shutdown => return,
+                SessionEnd::LostLease => {
+                    inc(&self.metrics.lease_lost);
+                    tracing::warn!(
+                        "write path: lost the master lease; dump dropped, nothing more acknowledged"
+                    );
+                }
+                SessionEnd::Conflict { .. } => {
+                    tracing::warn!(reason = %end, "write path: proposal conflicted; dump dropped, nothing acknowledged");
+                }
+                other => {
+                    tracing::warn!(reason = %other, "write path: session ended; dump dropped");
+                }
+            }
+            // Back off while the local MariaDB cannot be reached.
+            let delay = self
+                .cfg
+                .retry_delay
+                .saturating_mul(1 << failures.min(5))
+                .min(MAX_RETRY_DELAY);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
+        let snap = self.progress.snapshot();
+        let mut prev = (snap.pos.to_string(), snap.checksum);
+        let connect_state = match &self.acked_upto {
+            Some(p) => p.clone(),
+            None if !self.rewind_tried => {
+                self.rewind_tried = true;
+                let reader = self.progress.reader().clone();
+                tokio::task::spawn_blocking(move || rewound_position(&reader))
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| snap.pos.clone())
+            }
+            None => snap.pos.clone(),
+        };
+        let mut cfg = self.cfg.semisync.clone();
+        cfg.connect_state = connect_state.clone();
+        tracing::info!(connect_state = %connect_state, store_pos = %snap.pos, "write path: master; connecting to the local MariaDB as a semi-sync replica");
+        let client = tokio::select! {
+            c = SemiSyncClient::connect(&cfg) => match c {
+                Ok(c) => c,
+                Err(e) => {
+                    inc(&self.metrics.connect_failures);
+                    return e.into();
+                }
+            },
+            _ = shutdown.changed() => return SessionEnd::Shutdown,
+        };
+        inc(&self.metrics.sessions_connected);
+        self.metrics.active.store(1, Ordering::Relaxed);
+        let (events, acker) = client.into_split();
+        let mut reader = TransactionReader::new(events, connect_state);
+        let (tx, mut rx) = mpsc::channel::<Result<ReplTransaction, SemiSyncError>>(4096);
+        let _reader_task = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let r = reader.next_transaction().await;
+                let stop = r.is_err();
+                if tx.send(r).await.is_err() || stop {
+                    return;
+                }
+            }
+        }));
+        let mut tick = tokio::time::interval(self.cfg.poll_interval);
+        loop {
+            // Wait for the first transaction of the next batch.
+            let first = loop {
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Some(Ok(t)) => break t,
+                        Some(Err(e)) => {
+                            inc(&self.metrics.dump_errors);
+                            return e.into();
+                        }
+                        None => return SessionEnd::ReaderGone,
+                    },
+                    _ = tick.tick() => {
+                        if !self.handle.is_master() {
+                            return SessionEnd::LostLease;
+                        }
+                    }
+                    _ = shutdown.changed() => return SessionEnd::Shutdown,
+                }
+            };
+            // Whatever else is there, bounded.
+            let mut batch = vec![first];
+            let mut bytes = batch[0].transaction.size();
+            let mut carried = None;
+            while batch.len() < self.cfg.max_batch_transactions && bytes < self.cfg.max_batch_bytes
+            {
+                match rx.try_recv() {
+                    Ok(Ok(t)) => {
+                        let size = t.transaction.size();
+                        let checksum_differs =
+                            t.transaction.checksum() != batch[0].transaction.checksum();
+                        if checksum_differs || bytes + size > self.cfg.max_batch_bytes {
+                            // Next batch (put it back by carrying it over).
+                            carried = Some(Ok(t));
+                            break;
+                        }
+                        bytes += size;
+                        batch.push(t);
+                    }
+                    Ok(Err(e)) => {
+                        carried = Some(Err(e));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Transactions the store already holds are chosen: ACK them.
+            let known = batch
+                .iter()
+                .take_while(|t| self.progress.reader().find(&t.transaction.gtid()).is_some())
+                .count();
+            if known > 0 {
+                if let Some(last) = batch.get(known - 1) {
+                    if let Err(e) = acker.ack_position(&last.end).await {
+                        return e.into();
+                    }
+                    inc(&self.metrics.acks_sent);
+                }
+                for t in batch.drain(..known) {
+                    self.mark_acked(&t);
+                    inc(&self.metrics.transactions_acked_known);
+                }
+                tracing::info!(
+                    known,
+                    "write path: acknowledged transactions already chosen"
+                );
+                // The store's position includes them: build on it.
+                let snap = self.progress.snapshot();
+                prev = (snap.pos.to_string(), snap.checksum);
+            }
+            if !batch.is_empty() {
+                match self.propose_batch(&batch, &prev).await {
+                    Ok((pos, checksum)) => {
+                        let Some(last) = batch.last() else { continue };
+                        if let Err(e) = acker.ack_position(&last.end).await {
+                            return e.into();
+                        }
+                        inc(&self.metrics.acks_sent);
+                        for t in &batch {
+                            self.mark_acked(t);
+                        }
+                        self.metrics
+                            .transactions_acked
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        prev = (pos, checksum);
+                    }
+                    Err(end) => return end,
+                }
+            }
+            match carried {
+                None => {}
+                Some(Err(e)) => {
+                    inc(&self.metrics.dump_errors);
+                    return e.into();
+                }
+                Some(Ok(t)) => {
+                    // Carried over: propose it on its own (simple, rare).
+                    match self.propose_batch(std::slice::from_ref(&t), &prev).await {
+                        Ok((pos, checksum)) => {
+                            if let Err(e) = acker.ack_position(&t.end).await {
+                                return e.into();
+                            }
+                            inc(&self.metrics.acks_sent);
+                            self.mark_acked(&t);
+                            inc(&self.metrics.transactions_acked);
+                            prev = (pos, checksum);
+                        }
+                        Err(end) => return end,
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_acked(&mut self, t: &ReplTransaction) {
+        let snap_pos = || self.progress.snapshot().pos;
+        let pos = self.acked_upto.get_or_insert_with(snap_pos);
+        pos.set(t.transaction.gtid());
+    }
+
+    /// Proposes `batch` built on `prev`; on `Applied` returns the new
+    /// (position, checksum). Checks the lease first.
+    async fn propose_batch(
+        &self,
+        batch: &[ReplTransaction],
+        prev: &(String, u32),
+    ) -> Result<(String, u32), SessionEnd> {
+        for t in batch {
+            if t.transaction.size() > MAX_TRANSACTION_BYTES {
+                return Err(SessionEnd::TooLarge {
+                    gtid: t.transaction.gtid().to_string(),
+                    len: t.transaction.size(),
+                    max: MAX_TRANSACTION_BYTES,
+                });
+            }
+        }
+        if !self.handle.is_master() {
+            return Err(SessionEnd::LostLease);
+        }
+        let checksum = batch
+            .first()
+            .map(|t| BinlogValue::checksum_code(t.transaction.checksum()))
+            .unwrap_or(1);
+        let value = BinlogValue {
+            prev: prev.0.clone(),
+            prev_checksum: prev.1,
+            checksum,
+            transactions: batch
+                .iter()
+                .map(|t| serde_bytes::ByteBuf::from(t.transaction.bytes().to_vec()))
+                .collect(),
+        };
+        let data = value.encode()?;
+        inc(&self.metrics.proposals);
+        self.metrics
+            .transactions_proposed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .bytes_proposed
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        match self.handle.propose(data).await {
+            Ok((
+                instance,
+                ApplyOutcome::Applied {
+                    pos,
+                    checksum,
+                    first_index,
+                    count,
+                },
+            )) => {
+                inc(&self.metrics.proposals_applied);
+                tracing::debug!(instance, first_index, count, %pos, "write path: batch chosen");
+                Ok((pos, checksum))
+            }
+            Ok((_, ApplyOutcome::Conflict { pos, checksum })) => {
+                inc(&self.metrics.proposals_conflict);
+                Err(SessionEnd::Conflict { pos, checksum })
+            }
+            Ok((_, ApplyOutcome::Rejected(reason))) => {
+                inc(&self.metrics.proposals_rejected);
+                Err(SessionEnd::Rejected(reason))
+            }
+            Err(e) => {
+                inc(&self.metrics.proposals_failed);
+                Err(e.into())
+            }
+        }
+    }
+}

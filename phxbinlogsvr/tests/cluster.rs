@@ -1,0 +1,603 @@
+//! End to end: three nodes on loopback, each a real `mariadbd` (testkit)
+//! and a `phxbinlogsvr` process.
+//!
+//! - node 1's MariaDB is a lossless semi-sync master (AFTER_SYNC, no
+//!   fallback); nodes 2 and 3 start in replica mode and replicate from
+//!   their own binlog server (`127.0.0.1:<binlog_port>`,
+//!   `MASTER_USE_GTID=slave_pos`);
+//! - node 1's binlog server is made the lease holder by starting nodes 2
+//!   and 3 with `--no-campaign` (they vote and follow but never campaign;
+//!   the agent will decide this properly);
+//! - every commit on node 1 returns only after its transaction was chosen
+//!   through Paxos and acknowledged; both replicas reach node 1's
+//!   `gtid_binlog_pos` and `CHECKSUM TABLE` agrees on all three;
+//! - lossless: with 2 of 3 binlog servers killed, a commit does not return
+//!   until one comes back.
+//!
+//! `RUST_LOG` is passed to the binlog servers; their logs are printed when
+//! the test fails (`PHX_TEST_LOGS=1`: always).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use testkit::{MariaDb, REPL_PASSWORD, REPL_USER};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ADMIN_USER: &str = "phxadmin";
+const ADMIN_PASSWORD: &str = "admin-secret";
+
+struct NodePorts {
+    paxos: u16,
+    binlog: u16,
+    admin: u16,
+    proxy_rw: u16,
+    proxy_ro: u16,
+}
+
+/// Free ports: all listeners are held until every port is picked.
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// A `phxbinlogsvr` process, killed on drop.
+struct Svr {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Svr {
+    fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Svr {
+        let mut s = Svr {
+            name: name.into(),
+            args,
+            log,
+            child: None,
+        };
+        s.start();
+        s
+    }
+
+    fn start(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_phxbinlogsvr"))
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Svr {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() || std::env::var_os("PHX_TEST_LOGS").is_some() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(80).collect();
+            eprintln!("===== {} log (last {} lines) =====", self.name, tail.len());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// GET over HTTP/1.1 (Connection: close): (status code, body).
+async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+async fn status_json(port: u16) -> Option<serde_json::Value> {
+    let (code, body) = tokio::time::timeout(Duration::from_secs(5), http_get(port, "/status"))
+        .await
+        .ok()?
+        .ok()?;
+    if code != 200 {
+        return None;
+    }
+    serde_json::from_str(&body).ok()
+}
+
+async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out ({timeout:?}) waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn exec_within(db: &MariaDb, sql: &str, timeout: Duration) {
+    let t0 = Instant::now();
+    tokio::time::timeout(timeout, db.exec(sql))
+        .await
+        .unwrap_or_else(|_| panic!("commit did not return within {timeout:?}: {sql}"))
+        .unwrap();
+    eprintln!("{:>6} ms  {sql}", t0.elapsed().as_millis());
+}
+
+async fn checksum(db: &MariaDb) -> i64 {
+    let rows: Vec<(String, Option<i64>)> = db.query_rows("CHECKSUM TABLE test.t").await.unwrap();
+    rows[0].1.unwrap()
+}
+
+fn write_config(dir: &Path, dbs: &[Arc<MariaDb>], ports: &[NodePorts]) -> PathBuf {
+    let mut y = String::from(
+        "version: 1\ncluster_id: 4242\nname: e2e\nlease: {duration: 2s}\ncredentials:\n",
+    );
+    y += &format!("  replication: {{user: {REPL_USER}, password: \"{REPL_PASSWORD}\"}}\n");
+    y += &format!("  mariadb_admin: {{user: {ADMIN_USER}, password: \"{ADMIN_PASSWORD}\"}}\n");
+    y += "  admin_api: {token: \"e2e-token\"}\nnodes:\n";
+    for (i, (db, p)) in dbs.iter().zip(ports).enumerate() {
+        let n = i + 1;
+        y += &format!(
+            "  - {{name: node{n}, id: {n}, host: 127.0.0.1, paxos_port: {}, binlog_port: {}, admin_port: {}, \
+             proxy_rw_port: {}, proxy_ro_port: {}, mariadb_port: {}, data_dir: {}}}\n",
+            p.paxos,
+            p.binlog,
+            p.admin,
+            p.proxy_rw,
+            p.proxy_ro,
+            db.port(),
+            dir.join(format!("node{n}")).display()
+        );
+    }
+    let path = dir.join("cluster.yaml");
+    fs::write(&path, y).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_replicate_through_paxos_and_commits_wait_for_a_majority() {
+    let t_start = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+
+    // MariaDB: node 1 a lossless semi-sync master, 2 and 3 replicas.
+    let (m1, m2, m3) = tokio::join!(
+        MariaDb::builder()
+            .name("e2e-n1")
+            .semi_sync_master(true)
+            .start(),
+        MariaDb::builder().name("e2e-n2").replica_mode(true).start(),
+        MariaDb::builder().name("e2e-n3").replica_mode(true).start(),
+    );
+    let dbs = [
+        Arc::new(m1.unwrap()),
+        Arc::new(m2.unwrap()),
+        Arc::new(m3.unwrap()),
+    ];
+    for db in &dbs {
+        // Not binlogged: the account must not become a transaction of the log.
+        db.exec(&format!(
+            "SET sql_log_bin=0; CREATE USER '{ADMIN_USER}'@'%' IDENTIFIED BY '{ADMIN_PASSWORD}'; \
+             GRANT ALL ON *.* TO '{ADMIN_USER}'@'%'"
+        ))
+        .await
+        .unwrap();
+    }
+
+    let pv = free_ports(15);
+    let ports: Vec<NodePorts> = pv
+        .chunks(5)
+        .map(|c| NodePorts {
+            paxos: c[0],
+            binlog: c[1],
+            admin: c[2],
+            proxy_rw: c[3],
+            proxy_ro: c[4],
+        })
+        .collect();
+    let cfg = write_config(tmp.path(), &dbs, &ports);
+    let mut svrs: Vec<Svr> = (1..=3)
+        .map(|n| {
+            let mut args = vec![
+                "--config".to_string(),
+                cfg.display().to_string(),
+                "--node".into(),
+                format!("node{n}"),
+            ];
+            if n != 1 {
+                args.push("--no-campaign".into());
+            }
+            Svr::spawn(
+                &format!("node{n}"),
+                args,
+                tmp.path().join(format!("node{n}.log")),
+            )
+        })
+        .collect();
+
+    // Node 1 takes the lease.
+    wait_until(
+        "node1 to hold the lease",
+        Duration::from_secs(30),
+        async || {
+            status_json(ports[0].admin)
+                .await
+                .is_some_and(|s| s["is_master"] == true)
+        },
+    )
+    .await;
+    eprintln!("node1 is master after {:?}", t_start.elapsed());
+    for p in &ports[1..] {
+        let s = status_json(p.admin).await.expect("status of a follower");
+        assert_eq!(s["is_master"], false);
+        assert_eq!(s["lease"]["master"], 1, "{s}");
+    }
+
+    // Replicas follow their own binlog server.
+    for (db, p) in dbs[1..].iter().zip(&ports[1..]) {
+        db.replicate_from_port(p.binlog).await.unwrap();
+    }
+
+    // Writes: each commit returns only once chosen and acknowledged.
+    let commit = Duration::from_secs(20);
+    let m1 = &dbs[0];
+    let t_writes = Instant::now();
+    exec_within(
+        m1,
+        "CREATE TABLE test.t (id INT PRIMARY KEY, v VARCHAR(64), n BIGINT)",
+        commit,
+    )
+    .await;
+    for i in 0..20 {
+        exec_within(
+            m1,
+            &format!("INSERT INTO test.t VALUES ({i}, 'row {i}', {})", i * i),
+            commit,
+        )
+        .await;
+    }
+    exec_within(
+        m1,
+        "INSERT INTO test.t VALUES (100, 'a', 1), (101, 'b', 2), (102, 'c', 3)",
+        commit,
+    )
+    .await;
+    exec_within(
+        m1,
+        "UPDATE test.t SET v = CONCAT(v, '!'), n = n + 7 WHERE id % 3 = 0",
+        commit,
+    )
+    .await;
+    exec_within(m1, "DELETE FROM test.t WHERE id IN (4, 5, 101)", commit).await;
+    exec_within(
+        m1,
+        "BEGIN; INSERT INTO test.t VALUES (200, 'multi', 0); UPDATE test.t SET n = 0 WHERE id = 1; COMMIT",
+        commit,
+    )
+    .await;
+    // Bigger than one batch's cap (4 MiB): proposed alone.
+    exec_within(
+        m1,
+        "CREATE TABLE test.big (id INT PRIMARY KEY, b LONGBLOB)",
+        commit,
+    )
+    .await;
+    exec_within(
+        m1,
+        "INSERT INTO test.big VALUES (1, REPEAT('x', 6 * 1024 * 1024))",
+        commit,
+    )
+    .await;
+    eprintln!("writes took {:?}", t_writes.elapsed());
+    // They really went through semi-sync: our binlog server is the one
+    // semi-sync client, every commit got an ACK, none fell back to async.
+    assert_eq!(
+        m1.status_u64("Rpl_semi_sync_master_clients").await.unwrap(),
+        1
+    );
+    assert!(m1.status_u64("Rpl_semi_sync_master_yes_tx").await.unwrap() >= 27);
+    assert_eq!(
+        m1.status_u64("Rpl_semi_sync_master_no_tx").await.unwrap(),
+        0
+    );
+
+    // Replicas converge.
+    let target = m1.gtid_binlog_pos().await.unwrap();
+    eprintln!("node1 gtid_binlog_pos = {target}");
+    for db in &dbs[1..] {
+        db.wait_for_gtid(&target, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} did not reach {target}: {e}\n{}",
+                    db.name(),
+                    db.error_log_tail(30)
+                )
+            });
+    }
+    let sums = [
+        checksum(&dbs[0]).await,
+        checksum(&dbs[1]).await,
+        checksum(&dbs[2]).await,
+    ];
+    assert_eq!(sums[0], sums[1], "CHECKSUM TABLE node1 vs node2");
+    assert_eq!(sums[0], sums[2], "CHECKSUM TABLE node1 vs node3");
+    let big =
+        "SELECT CONCAT(COUNT(*), ':', SUM(LENGTH(b)), ':', MD5(GROUP_CONCAT(b))) FROM test.big";
+    let big0: String = dbs[0].query_one(big).await.unwrap();
+    assert_eq!(big0, dbs[1].query_one::<String>(big).await.unwrap());
+    assert_eq!(big0, dbs[2].query_one::<String>(big).await.unwrap());
+    let count: i64 = dbs[2]
+        .query_one("SELECT COUNT(*) FROM test.t")
+        .await
+        .unwrap();
+    assert_eq!(count, 21);
+
+    // Admin API.
+    for p in &ports {
+        let s = status_json(p.admin).await.expect("status");
+        assert_eq!(s["store"]["last_gtid_pos"], target.as_str(), "{s}");
+        assert!(s["paxos"]["chosen_prefix"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["mariadb"]["gtid_current_pos"].is_string(), "{s}");
+        eprintln!("GET /status on {}: {s}", s["node"]);
+    }
+    let (code, metrics) = http_get(ports[0].admin, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let acked = metrics
+        .lines()
+        .find(|l| l.starts_with("phxbinlogsvr_semisync_transactions_acked_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("acked counter in /metrics");
+    assert!(acked >= 27, "acked {acked}\n{metrics}");
+    assert!(metrics.contains("phxbinlogsvr_paxos_lease_acquired_total{"));
+    assert!(metrics.contains("phxbinlogsvr_transport_frames_sent_total{"));
+    let (code, master) = http_get(ports[1].admin, "/master").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(master.contains("\"master\":1"), "{master}");
+    let (code, members) = http_get(ports[2].admin, "/members").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(members.contains("node3"), "{members}");
+    let (code, _) = http_get(ports[1].admin, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+
+    // Lossless: with 2 of 3 binlog servers gone, a commit waits.
+    svrs[1].kill();
+    svrs[2].kill();
+    // Let node 1's lease run out (2 s lease) so the dump is dropped first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let db = Arc::clone(m1);
+    let t_wait = Instant::now();
+    let pending = tokio::spawn(async move {
+        db.exec("INSERT INTO test.t VALUES (300, 'while the majority is down', 1)")
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !pending.is_finished(),
+        "a commit returned without a majority"
+    );
+    let s1 = status_json(ports[0].admin).await.expect("status of node1");
+    assert_eq!(
+        s1["is_master"], false,
+        "node1 kept the lease without a majority: {s1}"
+    );
+    svrs[1].start();
+    tokio::time::timeout(Duration::from_secs(60), pending)
+        .await
+        .expect("the waiting commit returned once a majority was back")
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "the waiting commit returned after {:?} (node2 restarted at 4 s)",
+        t_wait.elapsed()
+    );
+    let target = m1.gtid_binlog_pos().await.unwrap();
+    dbs[1]
+        .wait_for_gtid(&target, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(checksum(&dbs[0]).await, checksum(&dbs[1]).await);
+    // Node 3 comes back and catches up too.
+    svrs[2].start();
+    dbs[2]
+        .wait_for_gtid(&target, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(checksum(&dbs[0]).await, checksum(&dbs[2]).await);
+
+    // Again, but the commit races the failure: the two servers die while
+    // node 1 still holds the lease, so the transaction is read and
+    // proposed, and the proposal cannot be chosen. Still no commit until a
+    // majority is back; then the same transaction is chosen exactly once.
+    wait_until(
+        "node1 to hold the lease again",
+        Duration::from_secs(30),
+        async || {
+            status_json(ports[0].admin)
+                .await
+                .is_some_and(|s| s["is_master"] == true)
+        },
+    )
+    .await;
+    svrs[1].kill();
+    svrs[2].kill();
+    let db = Arc::clone(m1);
+    let t_wait = Instant::now();
+    let pending = tokio::spawn(async move {
+        db.exec("UPDATE test.t SET n = n + 1000 WHERE id = 300")
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !pending.is_finished(),
+        "a commit returned without a majority"
+    );
+    svrs[2].start();
+    tokio::time::timeout(Duration::from_secs(60), pending)
+        .await
+        .expect("the waiting commit returned once a majority was back")
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "the racing commit returned after {:?} (node3 restarted at 4 s)",
+        t_wait.elapsed()
+    );
+    svrs[1].start();
+    let target = m1.gtid_binlog_pos().await.unwrap();
+    for db in &dbs[1..] {
+        db.wait_for_gtid(&target, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let sum = checksum(&dbs[0]).await;
+    assert_eq!(sum, checksum(&dbs[1]).await);
+    assert_eq!(sum, checksum(&dbs[2]).await);
+    for p in &ports {
+        wait_until(
+            "every store at node1's position",
+            Duration::from_secs(30),
+            async || {
+                status_json(p.admin)
+                    .await
+                    .is_some_and(|s| s["store"]["last_gtid_pos"] == target.as_str())
+            },
+        )
+        .await;
+    }
+
+    // Node 1's binlog server restarts (SIGKILL): it takes the lease again,
+    // its first dump starts one transaction before the store's end, so it
+    // re-reads the last chosen transaction and ACKs it without proposing
+    // (what releases a commit left waiting by a crash between the choice
+    // and the ACK), then commits flow again.
+    svrs[0].kill();
+    svrs[0].start();
+    wait_until(
+        "node1 to hold the lease after its restart",
+        Duration::from_secs(30),
+        async || {
+            status_json(ports[0].admin)
+                .await
+                .is_some_and(|s| s["is_master"] == true)
+        },
+    )
+    .await;
+    exec_within(
+        m1,
+        "INSERT INTO test.t VALUES (400, 'after the restart', 4)",
+        commit,
+    )
+    .await;
+    let (_, metrics) = http_get(ports[0].admin, "/metrics").await.unwrap();
+    let known = metrics
+        .lines()
+        .find(|l| l.starts_with("phxbinlogsvr_semisync_transactions_acked_known_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("acked_known counter in /metrics");
+    assert_eq!(
+        known, 1,
+        "the last chosen transaction re-read and acknowledged"
+    );
+    let target = m1.gtid_binlog_pos().await.unwrap();
+    for db in &dbs[1..] {
+        db.wait_for_gtid(&target, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let sum = checksum(&dbs[0]).await;
+    assert_eq!(sum, checksum(&dbs[1]).await);
+    assert_eq!(sum, checksum(&dbs[2]).await);
+    eprintln!("total {:?}", t_start.elapsed());
+}
+
+/// A cluster file that cannot be used stops the binary at once with the
+/// config crate's `FILE:LINE:COL: KEY: PROBLEM` message, and an unknown
+/// node name lists the known ones.
+#[test]
+fn a_bad_cluster_file_is_reported_with_file_key_and_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bad.yaml");
+    fs::write(
+        &path,
+        "version: 1\ncluster_id: 7\ncredentials:\n  replication: {password: r}\n  \
+         mariadb_admin: {password: a}\n  admin_api: {token: t}\nnodes:\n  \
+         - {name: n1, id: 1, host: 127.0.0.1, paxos_prot: 1}\n",
+    )
+    .unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    let run = |node: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_phxbinlogsvr"))
+            .args(["--config", path.to_str().unwrap(), "--node", node])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run("n1");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bad.yaml:8:"), "{err}");
+    assert!(err.contains("nodes[0].paxos_prot: unknown field"), "{err}");
+
+    fs::write(
+        &path,
+        "version: 1\ncluster_id: 7\ncredentials:\n  replication: {password: r}\n  \
+         mariadb_admin: {password: a}\n  admin_api: {token: t}\nnodes:\n  \
+         - {name: n1, id: 1, host: 127.0.0.1}\n",
+    )
+    .unwrap();
+    let (code, err) = run("n9");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("no node named `n9` (the file has: n1)"),
+        "{err}"
+    );
+}
