@@ -32,6 +32,11 @@ struct Args {
     /// may campaign.
     #[arg(long)]
     no_campaign: bool,
+    /// Largest transaction proposed as one Paxos value, in bytes; larger
+    /// ones are split into parts of at most this size (default and maximum
+    /// 32 MiB, minimum 64 KiB). For tests and tuning.
+    #[arg(long, value_name = "BYTES")]
+    max_value_bytes: Option<usize>,
 }
 
 #[tokio::main]
@@ -61,6 +66,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let opts = ServerOptions {
         no_campaign: args.no_campaign,
+        max_value_bytes: args.max_value_bytes,
     };
     let server = Server::start(&cfg, &args.node, opts)
         .await

@@ -290,6 +290,11 @@ pub fn render_metrics(s: &AdminState) -> String {
         p.batches_applied,
     );
     m.counter(
+        "phxbinlogsvr_store_parts_applied_total",
+        "parts of large transactions stored",
+        p.parts_applied,
+    );
+    m.counter(
         "phxbinlogsvr_store_conflicts_total",
         "batches refused by the compare-and-set",
         p.conflicts,
@@ -316,6 +321,9 @@ pub fn render_metrics(s: &AdminState) -> String {
         ("lease_lost", &w.lease_lost),
         ("dump_errors", &w.dump_errors),
         ("bytes_proposed", &w.bytes_proposed),
+        ("transactions_split", &w.transactions_split),
+        ("parts_proposed", &w.parts_proposed),
+        ("transactions_resumed", &w.transactions_resumed),
     ] {
         m.counter(
             &format!("phxbinlogsvr_semisync_{name}_total"),

@@ -33,7 +33,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use state_machine::{BinlogStateMachine, Progress, ProgressState};
-pub use value::{ApplyOutcome, BinlogValue, MAX_BATCH_BYTES, MAX_TRANSACTION_BYTES};
+pub use value::{
+    ApplyOutcome, BinlogValue, MAX_BATCH_BYTES, MAX_TRANSACTION_BYTES, MIN_VALUE_BYTES, PartValue,
+    Value,
+};
 pub use write_path::{WriteMetrics, WritePath, WritePathConfig};
 
 use crate::master::{MasterConfig, MasterHandle, MasterServer, Password};
@@ -80,6 +83,10 @@ pub struct ServerOptions {
     /// Never campaign for the master lease (testing / until the agent
     /// decides; the node still votes and follows).
     pub no_campaign: bool,
+    /// The write path's per-value limit: transactions larger than this are
+    /// split into parts (default [`MAX_TRANSACTION_BYTES`]; clamped to
+    /// [`MIN_VALUE_BYTES`]..=[`MAX_TRANSACTION_BYTES`]).
+    pub max_value_bytes: Option<usize>,
 }
 
 /// A running binlog server.
@@ -183,8 +190,12 @@ impl Server {
         );
         let write_metrics = Arc::new(WriteMetrics::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut wcfg = WritePathConfig::new(ss);
+        if let Some(v) = opts.max_value_bytes {
+            wcfg.max_value_bytes = v.clamp(MIN_VALUE_BYTES, MAX_TRANSACTION_BYTES);
+        }
         let wp = WritePath::new(
-            WritePathConfig::new(ss),
+            wcfg,
             handle.clone(),
             Arc::clone(&progress),
             Arc::clone(&write_metrics),

@@ -12,6 +12,32 @@
 //! together) are checked in order, each against the state the earlier
 //! accepted ones leave (the rolling checksum is chained with the store's
 //! documented formula and checked against the store after the append).
+//!
+//! # Large transactions
+//!
+//! A transaction larger than one value comes as [`PartValue`]s 0..n, each
+//! chosen in its own instance (the write path proposes them one after the
+//! other). The compare-and-set extends to parts: every part carries the
+//! position and rolling checksum before the transaction (which parts do not
+//! move until the last one completes it), and a part `k > 0` is stored only
+//! if the store's unfinished transaction is this GTID with exactly `k`
+//! parts held whose running checksum is the part's `part_chain`. Anything
+//! else is a `Conflict` and nothing is stored. Part 0 needs only the
+//! position and checksum to hold: it starts the transaction afresh,
+//! abandoning whatever unfinished parts the store holds (the store's rule).
+//! An interrupted transaction (lost lease, crash, new master) is sent whole
+//! again by the next session's dump; the write path then either continues
+//! with the remaining parts, when the store's unfinished parts are a prefix
+//! of this very transaction cut the same way, or starts it again at part 0
+//! (the parts chosen before were never visible to readers and stay
+//! abandoned). Both are safe: the checks above make a part extend only the
+//! exact bytes it was cut after.
+//!
+//! A part is alone in its instance (the store's rule): in an instance the
+//! core packed with several items, a part after an accepted item, and any
+//! item after an accepted part, is refused as a `Conflict`. A part that is
+//! not the last yields [`ApplyOutcome::PartHeld`]; the last one `Applied`
+//! (one transaction), which is when the write path may ACK.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -19,8 +45,8 @@ use binlog::{GtidPos, Transaction};
 use paxos::InstanceId;
 use paxos::runtime::{CheckpointChunk, StateMachine};
 
-use super::value::{ApplyOutcome, BinlogValue};
-use crate::store::{EventStore, StoreError, StoreReader};
+use super::value::{ApplyOutcome, PartValue, Value};
+use crate::store::{EventStore, PartOutcome, StoreError, StoreReader, TxnPart};
 
 /// The store's state as the rest of the server sees it (published by the
 /// state machine after every applied instance).
@@ -44,6 +70,11 @@ pub struct ProgressState {
     pub conflicts: u64,
     /// Items that were not valid batches.
     pub rejected: u64,
+    /// Parts of large transactions stored (the last ones included).
+    pub parts_applied: u64,
+    /// The transaction whose parts are arriving: its GTID, the parts held
+    /// and their running checksum (`EventStore::pending_chain`).
+    pub pending_part: Option<(binlog::Gtid, u32, u32)>,
 }
 
 /// Shared view of the store: the progress and a reader of the durable log.
@@ -96,6 +127,15 @@ fn chain_after(prev: u32, txn: &Transaction) -> u32 {
     h.finalize()
 }
 
+/// The checksum setting of a wire code (0 = NONE, else CRC32).
+fn checksum_alg(code: u8) -> binlog::Checksum {
+    if code == 0 {
+        binlog::Checksum::None
+    } else {
+        binlog::Checksum::Crc32
+    }
+}
+
 /// Whether a store error means the store can no longer be trusted (I/O),
 /// as opposed to a refused batch.
 fn is_fatal(e: &StoreError) -> bool {
@@ -131,7 +171,43 @@ impl BinlogStateMachine {
         p.checksum = self.store.rolling_checksum();
         p.checkpoint = self.store.checkpoint();
         p.end_index = self.store.end_index();
+        p.pending_part = self
+            .store
+            .pending_part()
+            .zip(self.store.pending_chain())
+            .map(|((g, n), c)| (g, n, c));
         f(&mut p);
+    }
+
+    /// The compare-and-set of a part against the log (`pos`, `chain`) and
+    /// the store's unfinished transaction: `None` if it may be stored, or
+    /// the outcome refusing it. `taken`: something was already accepted in
+    /// this instance (a part must be alone in its instance).
+    fn check_part(
+        &self,
+        p: &PartValue,
+        pos: &GtidPos,
+        chain: u32,
+        taken: bool,
+    ) -> Option<ApplyOutcome> {
+        let conflict = || ApplyOutcome::Conflict {
+            pos: pos.to_string(),
+            checksum: chain,
+        };
+        if taken || p.prev != pos.to_string() || p.prev_checksum != chain {
+            return Some(conflict());
+        }
+        if p.index > 0 {
+            // It must continue the unfinished transaction exactly: same
+            // GTID, the next part index, and the bytes held so far are the
+            // ones this part was cut after.
+            let continues = self.store.pending_part() == Some((p.gtid(), p.index))
+                && self.store.pending_chain() == Some(p.part_chain);
+            if !continues {
+                return Some(conflict());
+            }
+        }
+        None
     }
 
     /// Applies one instance; `Err` only for a store failure (fatal).
@@ -146,9 +222,24 @@ impl BinlogStateMachine {
         let mut txns: Vec<Transaction> = Vec::new();
         // Per item: Some(range in txns) if accepted, or the outcome.
         let mut decided: Vec<Result<(usize, usize, String, u32), ApplyOutcome>> = Vec::new();
+        // The part accepted in this instance (its slot in `decided`).
+        let mut part: Option<(usize, PartValue)> = None;
         for item in items {
-            let value = match BinlogValue::decode(item) {
-                Ok(v) => v,
+            let value = match Value::decode(item) {
+                Ok(Value::Batch(v)) => v,
+                Ok(Value::Part(p)) => {
+                    let outcome =
+                        self.check_part(&p, &pos, chain, !txns.is_empty() || part.is_some());
+                    match outcome {
+                        Some(o) => decided.push(Err(o)),
+                        None => {
+                            part = Some((decided.len(), p));
+                            // Placeholder, replaced once the store took it.
+                            decided.push(Err(ApplyOutcome::Rejected(String::new())));
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
                     decided.push(Err(ApplyOutcome::Rejected(format!(
                         "undecodable value: {e}"
@@ -156,6 +247,16 @@ impl BinlogStateMachine {
                     continue;
                 }
             };
+            if part.is_some() {
+                // A part is alone in its instance (the store's rule): what
+                // comes after it in the same instance is refused as if the
+                // log had moved.
+                decided.push(Err(ApplyOutcome::Conflict {
+                    pos: pos.to_string(),
+                    checksum: chain,
+                }));
+                continue;
+            }
             if value.prev != pos.to_string() || value.prev_checksum != chain {
                 decided.push(Err(ApplyOutcome::Conflict {
                     pos: pos.to_string(),
@@ -201,7 +302,45 @@ impl BinlogStateMachine {
         }
 
         let mut appended = true;
-        if txns.is_empty() {
+        let mut parts_stored = 0;
+        if let Some((slot, p)) = part {
+            let outcome = match self.store.append_part(
+                instance,
+                TxnPart {
+                    gtid: p.gtid(),
+                    index: p.index,
+                    last: p.last,
+                    checksum: checksum_alg(p.checksum),
+                    bytes: &p.bytes,
+                },
+            ) {
+                Ok(PartOutcome::Pending { parts }) => {
+                    parts_stored = 1;
+                    ApplyOutcome::PartHeld {
+                        gtid: p.gtid().to_string(),
+                        parts,
+                    }
+                }
+                Ok(PartOutcome::Complete { index }) => {
+                    parts_stored = 1;
+                    ApplyOutcome::Applied {
+                        first_index: index,
+                        count: 1,
+                        pos: self.store.last_pos().to_string(),
+                        checksum: self.store.rolling_checksum(),
+                    }
+                }
+                Err(e) if !is_fatal(&e) => {
+                    tracing::warn!(instance, error = %e, "event store refused a part");
+                    self.store.mark_applied(instance)?;
+                    ApplyOutcome::Rejected(format!("event store refused: {e}"))
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(d) = decided.get_mut(slot) {
+                *d = Err(outcome);
+            }
+        } else if txns.is_empty() {
             self.store.mark_applied(instance)?;
         } else {
             match self.store.append(instance, &txns) {
@@ -250,12 +389,22 @@ impl BinlogStateMachine {
             })
             .collect();
         let n_txns = if appended { txns.len() as u64 } else { 0 };
+        let completed = outputs
+            .iter()
+            .any(|o| matches!(o, ApplyOutcome::Applied { .. }));
+        let n_txns = if parts_stored > 0 && completed {
+            1
+        } else {
+            n_txns
+        };
         self.publish(|p| {
             p.instances_applied += 1;
             p.transactions_appended += n_txns;
+            p.parts_applied += parts_stored;
             for o in &outputs {
                 match o {
                     ApplyOutcome::Applied { .. } => p.batches_applied += 1,
+                    ApplyOutcome::PartHeld { .. } => {}
                     ApplyOutcome::Conflict { .. } => p.conflicts += 1,
                     ApplyOutcome::Rejected(_) => p.rejected += 1,
                 }
@@ -270,6 +419,9 @@ impl BinlogStateMachine {
                     ..
                 } => {
                     tracing::debug!(instance, first_index, count, %pos, "applied batch")
+                }
+                ApplyOutcome::PartHeld { gtid, parts } => {
+                    tracing::debug!(instance, %gtid, parts, "applied part of a large transaction")
                 }
                 ApplyOutcome::Conflict { pos, .. } => {
                     tracing::info!(instance, %pos, "batch refused: the log moved on (conflict)")
@@ -330,6 +482,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::server::value::BinlogValue;
     use crate::store::StoreOptions;
     use binlog::build::{self, EventSpec};
     use binlog::{Checksum, EventType, Gtid, GtidEvent, QueryEvent};
@@ -464,6 +617,186 @@ mod tests {
         assert_eq!(after.checksum, before.checksum);
         assert_eq!(after.checkpoint, 6);
         assert_eq!(after.end_index, 5);
+    }
+
+    /// A transaction with a query of about `len` bytes.
+    fn synth_big(seq: u64, len: usize) -> Transaction {
+        let spec = EventSpec {
+            timestamp: 1,
+            event_type: EventType::UNKNOWN,
+            server_id: 7,
+            log_pos: 0,
+            flags: 0,
+        };
+        let c = Checksum::Crc32;
+        let mut bytes =
+            build::gtid_event(&spec, &GtidEvent::new(Gtid::new(0, 7, seq), 0), c).unwrap();
+        let text = format!("INSERT INTO t VALUES ('{}')", "x".repeat(len));
+        let q = QueryEvent {
+            thread_id: 1,
+            exec_time: 0,
+            error_code: 0,
+            status_vars: &[],
+            db: b"d",
+            query: text.as_bytes(),
+        };
+        bytes.extend(build::query_event(&spec, &q, c).unwrap());
+        bytes.extend(build::xid_event(&spec, seq, c).unwrap());
+        Transaction::from_bytes(&bytes, c).unwrap()
+    }
+
+    /// The encoded parts of `t` built on (`prev`, `prev_checksum`).
+    fn parts(prev: &str, prev_checksum: u32, t: &Transaction, max: usize) -> Vec<Vec<u8>> {
+        PartValue::split(prev, prev_checksum, t.gtid(), 1, t.bytes(), max)
+            .map(|p| p.encode().unwrap())
+            .collect()
+    }
+
+    fn held(out: &[ApplyOutcome], n: u32) -> bool {
+        matches!(out, [ApplyOutcome::PartHeld { parts, .. }] if *parts == n)
+    }
+
+    fn conflict(out: &[ApplyOutcome]) -> bool {
+        matches!(out, [ApplyOutcome::Conflict { .. }])
+    }
+
+    #[test]
+    fn parts_extend_the_log_in_order_and_only_on_the_pending_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let p = sm.progress();
+        let out = sm.apply(0, vec![value("", 0, &[1])]);
+        let ApplyOutcome::Applied { checksum: c1, .. } = out[0] else {
+            panic!("{out:?}");
+        };
+
+        // In order: held, invisible, then complete as one transaction.
+        let big = synth_big(2, 10_000);
+        let ps = parts("0-7-1", c1, &big, 4096);
+        assert_eq!(ps.len(), 3);
+        assert!(held(&sm.apply(1, vec![ps[0].clone()]), 1));
+        // Out of order: part 2 where part 1 is expected, part 1 again
+        // after it is stored, part 0's bytes as part 1: refused.
+        assert!(conflict(&sm.apply(2, vec![ps[2].clone()])));
+        assert!(held(&sm.apply(3, vec![ps[1].clone()]), 2));
+        let (g, n, chain) = p.snapshot().pending_part.unwrap();
+        assert_eq!((g, n), (big.gtid(), 2), "published for the write path");
+        let mut rest = PartValue::split("0-7-1", c1, big.gtid(), 1, big.bytes(), 4096);
+        rest.skip_parts(2);
+        assert_eq!(
+            rest.running_chain(),
+            chain,
+            "what a resuming write path compares"
+        );
+        assert!(conflict(&sm.apply(4, vec![ps[1].clone()])));
+        assert_eq!(p.reader().end_index(), 1, "parts are invisible to readers");
+        assert_eq!(p.snapshot().pos.to_string(), "0-7-1");
+        assert_eq!(
+            p.snapshot().checksum,
+            c1,
+            "the chain waits for the last part"
+        );
+        let out = sm.apply(5, vec![ps[2].clone()]);
+        let [
+            ApplyOutcome::Applied {
+                first_index: 1,
+                count: 1,
+                pos,
+                checksum: c2,
+            },
+        ] = &out[..]
+        else {
+            panic!("{out:?}");
+        };
+        assert_eq!(pos, "0-7-2");
+        assert_eq!(
+            *c2,
+            chain_after(c1, &big),
+            "same chain as the whole transaction"
+        );
+        assert_eq!(p.reader().end_index(), 2);
+        let read = p.reader().read_from_blocking(1, 1).unwrap();
+        assert_eq!(read[0].transaction.bytes(), big.bytes(), "readable whole");
+        let c2 = *c2;
+
+        // Stale prev: part 0 or a later part built on the old position.
+        let big3 = synth_big(3, 10_000);
+        let stale = parts("0-7-1", c1, &big3, 4096);
+        assert!(conflict(&sm.apply(6, vec![stale[0].clone()])));
+        let ps3 = parts("0-7-2", c2, &big3, 4096);
+        assert!(held(&sm.apply(7, vec![ps3[0].clone()]), 1));
+        assert!(conflict(&sm.apply(8, vec![stale[1].clone()])));
+        // Right index, but not the bytes held (another cut): refused.
+        let other_cut = parts("0-7-2", c2, &big3, 5000);
+        assert!(conflict(&sm.apply(9, vec![other_cut[1].clone()])));
+        // A part must be alone in its instance: packed after a batch, or a
+        // batch packed after it, it is refused (a conflict).
+        let out = sm.apply(10, vec![ps3[1].clone(), value("0-7-2", c2, &[3])]);
+        assert!(
+            matches!(
+                &out[..],
+                [
+                    ApplyOutcome::PartHeld { parts: 2, .. },
+                    ApplyOutcome::Conflict { .. }
+                ]
+            ),
+            "{out:?}"
+        );
+
+        // Interleaving: a whole transaction on the same position abandons
+        // the unfinished parts, whose next part then conflicts.
+        let out = sm.apply(11, vec![value("0-7-2", c2, &[3])]);
+        let [ApplyOutcome::Applied { checksum: c3, .. }] = out[..] else {
+            panic!("{out:?}");
+        };
+        assert_eq!(sm.store.pending_part(), None);
+        assert!(conflict(&sm.apply(12, vec![ps3[2].clone()])));
+        assert_eq!(p.snapshot().pos.to_string(), "0-7-3");
+        assert_eq!(p.reader().end_index(), 3);
+
+        // A restarted attempt: part 0 again abandons the earlier parts.
+        let big4 = synth_big(4, 10_000);
+        let ps4 = parts("0-7-3", c3, &big4, 4096);
+        let out = sm.apply(13, vec![value("0-7-3", c3, &[4]), ps4[0].clone()]);
+        assert!(
+            matches!(
+                &out[..],
+                [ApplyOutcome::Applied { .. }, ApplyOutcome::Conflict { .. }]
+            ),
+            "{out:?}"
+        );
+        let s = p.snapshot();
+        let big5 = synth_big(5, 10_000);
+        let ps5 = parts(&s.pos.to_string(), s.checksum, &big5, 4096);
+        assert!(held(&sm.apply(14, vec![ps5[0].clone()]), 1));
+        assert!(held(&sm.apply(15, vec![ps5[1].clone()]), 2));
+        assert!(held(&sm.apply(16, vec![ps5[0].clone()]), 1), "restarted");
+        assert!(held(&sm.apply(17, vec![ps5[1].clone()]), 2));
+
+        // Durable: after a reopen the held parts are still pending and the
+        // last one completes the transaction.
+        drop(sm);
+        let mut sm = open(dir.path());
+        let p = sm.progress();
+        assert_eq!(sm.store.pending_part(), Some((Gtid::new(0, 7, 5), 2)));
+        let out = sm.apply(18, vec![ps5[2].clone()]);
+        assert!(
+            matches!(
+                &out[..],
+                [ApplyOutcome::Applied {
+                    first_index: 4,
+                    count: 1,
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        let s = p.snapshot();
+        assert_eq!(s.pos.to_string(), "0-7-5");
+        assert_eq!(s.checksum, chain_after(chain_after(c3, &synth(4)), &big5));
+        assert_eq!(s.parts_applied, 1);
+        let read = p.reader().read_from_blocking(4, 1).unwrap();
+        assert_eq!(read[0].transaction.bytes(), big5.bytes());
     }
 
     /// The chain after transaction `seq` on top of `prev`.

@@ -12,7 +12,12 @@
 //! 3. take whatever is available (at most [`MAX_BATCH_BYTES`] and
 //!    `max_batch_transactions`), build a [`BinlogValue`] on the last known
 //!    (position, rolling checksum), propose it and wait;
-//! 4. output `Applied`: ACK the last transaction's (file, pos) (an ACK at a
+//!    A transaction larger than `max_value_bytes` is proposed alone, split
+//!    into parts of at most that many bytes, one [`PartValue`] per Paxos
+//!    value, one after the other, each waiting for the previous one to be
+//!    chosen and applied (`PartHeld`);
+//! 4. output `Applied` (for a split transaction: of its last part): ACK the
+//!    last transaction's (file, pos) (an ACK at a
 //!    position releases every commit waiting at or before it), continue
 //!    with the new (position, checksum) from the output;
 //! 5. `Conflict`, `Rejected`, a failed proposal, a lost lease, a dump
@@ -22,6 +27,20 @@
 //! earlier proposal whose outcome this process did not see, e.g. a value
 //! re-proposed by the core after a lost lease) are acknowledged without a
 //! proposal: they are chosen. Nothing else is ever acknowledged.
+//!
+//! A split transaction interrupted midway (lost lease, conflict, crash) is
+//! not acknowledged; the parts chosen so far stay invisible to readers. The
+//! next session (here or on a new master) gets the whole transaction from
+//! the dump again (MariaDB rolls back what was never acknowledged on the
+//! old master). If the store's unfinished transaction is this one, built on
+//! the same position and cut the same way (its running checksum equals
+//! ours after as many parts), the remaining parts are proposed and complete
+//! it: progress survives lease losses, which matters for a transaction of
+//! hundreds of MiB. Otherwise (another GTID, another cut, the log moved)
+//! it is proposed from part 0, which abandons the unfinished parts. Parts
+//! of an old attempt chosen late conflict (the state machine's
+//! compare-and-set on parts); a conflict ends the session, and the next
+//! one decides again from the store's state.
 //!
 //! After a process restart nothing is known about what was acknowledged,
 //! and the local master may hold commits waiting for transactions that
@@ -42,7 +61,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::state_machine::Progress;
-use super::value::{ApplyOutcome, BinlogValue, MAX_BATCH_BYTES, MAX_TRANSACTION_BYTES};
+use super::value::{
+    ApplyOutcome, BinlogValue, MAX_BATCH_BYTES, MAX_TRANSACTION_BYTES, MIN_VALUE_BYTES, PartValue,
+};
 use crate::semisync::{
     ReplTransaction, SemiSyncClient, SemiSyncConfig, SemiSyncError, TransactionReader,
 };
@@ -57,6 +78,9 @@ pub struct WritePathConfig {
     pub max_batch_transactions: usize,
     /// Most bytes in one proposal.
     pub max_batch_bytes: usize,
+    /// Largest transaction proposed whole; a larger one is split into parts
+    /// of at most this many bytes (at least [`MIN_VALUE_BYTES`]).
+    pub max_value_bytes: usize,
     /// Pause after a session ends with an error.
     pub retry_delay: Duration,
     /// How often the lease is checked while waiting.
@@ -70,6 +94,7 @@ impl WritePathConfig {
             semisync,
             max_batch_transactions: 1024,
             max_batch_bytes: MAX_BATCH_BYTES,
+            max_value_bytes: MAX_TRANSACTION_BYTES,
             retry_delay: Duration::from_millis(200),
             poll_interval: Duration::from_millis(20),
         }
@@ -94,6 +119,12 @@ pub struct WriteMetrics {
     pub lease_lost: AtomicU64,
     pub dump_errors: AtomicU64,
     pub bytes_proposed: AtomicU64,
+    /// Transactions proposed in parts (counted per attempt).
+    pub transactions_split: AtomicU64,
+    /// Part values proposed.
+    pub parts_proposed: AtomicU64,
+    /// Split transactions continued from parts chosen by an earlier session.
+    pub transactions_resumed: AtomicU64,
     /// 1 while a dump session is connected.
     pub active: AtomicU64,
 }
@@ -122,7 +153,7 @@ pub enum SessionEnd {
     #[error("cannot encode the value: {0}")]
     Encode(#[from] postcard::Error),
     #[error(
-        "transaction {gtid} is {len} bytes, more than the {max} bytes one value may carry (splitting is not implemented yet)"
+        "transaction {gtid} is {len} bytes, more than the {max} bytes one value may carry, in a batch with others (bug)"
     )]
     TooLarge {
         gtid: String,
@@ -333,18 +364,25 @@ impl WritePath {
                     _ = shutdown.changed() => return SessionEnd::Shutdown,
                 }
             };
-            // Whatever else is there, bounded.
+            // Whatever else is there, bounded. A transaction to split goes
+            // alone.
+            let max_value = self.max_value_bytes();
             let mut batch = vec![first];
             let mut bytes = batch[0].transaction.size();
             let mut carried = None;
-            while batch.len() < self.cfg.max_batch_transactions && bytes < self.cfg.max_batch_bytes
+            while batch.len() < self.cfg.max_batch_transactions
+                && bytes < self.cfg.max_batch_bytes
+                && bytes <= max_value
             {
                 match rx.try_recv() {
                     Ok(Ok(t)) => {
                         let size = t.transaction.size();
                         let checksum_differs =
                             t.transaction.checksum() != batch[0].transaction.checksum();
-                        if checksum_differs || bytes + size > self.cfg.max_batch_bytes {
+                        if checksum_differs
+                            || size > max_value
+                            || bytes + size > self.cfg.max_batch_bytes
+                        {
                             // Next batch (put it back by carrying it over).
                             carried = Some(Ok(t));
                             break;
@@ -433,19 +471,31 @@ impl WritePath {
         pos.set(t.transaction.gtid());
     }
 
+    /// The per-value limit in force.
+    fn max_value_bytes(&self) -> usize {
+        self.cfg.max_value_bytes.max(MIN_VALUE_BYTES)
+    }
+
     /// Proposes `batch` built on `prev`; on `Applied` returns the new
-    /// (position, checksum). Checks the lease first.
+    /// (position, checksum). Checks the lease first. A transaction larger
+    /// than the per-value limit (alone in its batch) is proposed in parts.
     async fn propose_batch(
         &self,
         batch: &[ReplTransaction],
         prev: &(String, u32),
     ) -> Result<(String, u32), SessionEnd> {
+        let max_value = self.max_value_bytes();
+        if let [t] = batch
+            && t.transaction.size() > max_value
+        {
+            return self.propose_parts(t, prev, max_value).await;
+        }
         for t in batch {
-            if t.transaction.size() > MAX_TRANSACTION_BYTES {
+            if t.transaction.size() > max_value {
                 return Err(SessionEnd::TooLarge {
                     gtid: t.transaction.gtid().to_string(),
                     len: t.transaction.size(),
-                    max: MAX_TRANSACTION_BYTES,
+                    max: max_value,
                 });
             }
         }
@@ -495,10 +545,113 @@ impl WritePath {
                 inc(&self.metrics.proposals_rejected);
                 Err(SessionEnd::Rejected(reason))
             }
+            Ok((_, ApplyOutcome::PartHeld { gtid, parts })) => {
+                inc(&self.metrics.proposals_rejected);
+                Err(SessionEnd::Rejected(format!(
+                    "a batch came back as part {parts} of {gtid} (bug)"
+                )))
+            }
             Err(e) => {
                 inc(&self.metrics.proposals_failed);
                 Err(e.into())
             }
         }
+    }
+
+    /// Proposes one transaction in parts of at most `max_value` bytes, in
+    /// order, each once the previous one is chosen and applied; returns the
+    /// (position, checksum) after the last. Every part is built on `prev`
+    /// (the position before the transaction) and on the running checksum
+    /// of the parts before it. Checks the lease before each part; any other
+    /// outcome than the expected one ends the session without an ACK.
+    async fn propose_parts(
+        &self,
+        t: &ReplTransaction,
+        prev: &(String, u32),
+        max_value: usize,
+    ) -> Result<(String, u32), SessionEnd> {
+        let txn = &t.transaction;
+        let gtid = txn.gtid();
+        let bytes = txn.bytes();
+        let checksum = BinlogValue::checksum_code(txn.checksum());
+        let mut parts = PartValue::split(&prev.0, prev.1, gtid, checksum, bytes, max_value);
+        let n_parts = parts.total();
+        // Resume: the store holds our first parts (same GTID, position and cut).
+        let snap = self.progress.snapshot();
+        let mut resumed = 0;
+        if let Some((g, held, chain)) = snap.pending_part
+            && g == gtid
+            && (held as usize) < n_parts
+            && snap.pos.to_string() == prev.0
+            && snap.checksum == prev.1
+        {
+            let mut probe = parts.clone();
+            probe.skip_parts(held);
+            if probe.running_chain() == chain {
+                parts = probe;
+                resumed = held;
+            }
+        }
+        let started = std::time::Instant::now();
+        tracing::info!(%gtid, len = bytes.len(), parts = n_parts, resumed, "write path: proposing a large transaction in parts");
+        inc(&self.metrics.transactions_split);
+        if resumed > 0 {
+            inc(&self.metrics.transactions_resumed);
+        }
+        self.metrics
+            .transactions_proposed
+            .fetch_add(1, Ordering::Relaxed);
+        for value in parts {
+            if !self.handle.is_master() {
+                return Err(SessionEnd::LostLease);
+            }
+            let (index, last) = (value.index, value.last);
+            let data = value.encode()?;
+            drop(value);
+            inc(&self.metrics.proposals);
+            inc(&self.metrics.parts_proposed);
+            self.metrics
+                .bytes_proposed
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            let outcome = match self.handle.propose(data).await {
+                Ok((_, o)) => o,
+                Err(e) => {
+                    inc(&self.metrics.proposals_failed);
+                    return Err(e.into());
+                }
+            };
+            match outcome {
+                ApplyOutcome::PartHeld { parts, .. } if !last && parts == index + 1 => {
+                    inc(&self.metrics.proposals_applied);
+                }
+                ApplyOutcome::Applied {
+                    pos,
+                    checksum,
+                    first_index,
+                    ..
+                } if last => {
+                    inc(&self.metrics.proposals_applied);
+                    tracing::info!(%gtid, first_index, parts = n_parts, elapsed_ms = started.elapsed().as_millis() as u64, "write path: large transaction chosen");
+                    return Ok((pos, checksum));
+                }
+                ApplyOutcome::Conflict { pos, checksum } => {
+                    inc(&self.metrics.proposals_conflict);
+                    return Err(SessionEnd::Conflict { pos, checksum });
+                }
+                ApplyOutcome::Rejected(reason) => {
+                    inc(&self.metrics.proposals_rejected);
+                    return Err(SessionEnd::Rejected(reason));
+                }
+                other => {
+                    inc(&self.metrics.proposals_rejected);
+                    return Err(SessionEnd::Rejected(format!(
+                        "part {index} of {gtid} came back as {other:?} (bug)"
+                    )));
+                }
+            }
+        }
+        Err(SessionEnd::Rejected(format!(
+            "transaction {gtid} has no bytes"
+        )))
     }
 }

@@ -481,6 +481,17 @@ impl EventStore {
         self.cur.partial.as_ref().map(|p| (p.gtid, p.parts))
     }
 
+    /// The running rolling checksum of the transaction whose parts are
+    /// arriving: crc32 over (the chain before it LE, domain LE, server LE,
+    /// seq LE, the bytes of the parts held). What the Paxos state machine's
+    /// compare-and-set checks a next part against.
+    pub fn pending_chain(&self) -> Option<u32> {
+        self.cur
+            .partial
+            .as_ref()
+            .map(|p| p.hasher.clone().finalize())
+    }
+
     /// Segment files of the current generation.
     pub fn segment_count(&self) -> usize {
         self.segs.len()
