@@ -115,14 +115,9 @@ impl std::fmt::Debug for BinlogStateMachine {
 }
 
 /// The rolling checksum after `txn` when the chain was `prev` (the store's
-/// formula: crc32 over prev LE, domain LE, server LE, seq LE, events).
+/// own formula, so the compare-and-set and the store always agree).
 fn chain_after(prev: u32, txn: &Transaction) -> u32 {
-    let g = txn.gtid();
-    let mut h = crc32fast::Hasher::new();
-    h.update(&prev.to_le_bytes());
-    h.update(&g.domain.to_le_bytes());
-    h.update(&g.server.to_le_bytes());
-    h.update(&g.seq.to_le_bytes());
+    let mut h = crate::store::chain_start(prev, txn.gtid());
     h.update(txn.bytes());
     h.finalize()
 }

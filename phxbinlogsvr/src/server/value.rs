@@ -131,11 +131,7 @@ impl PartValue {
         max: usize,
     ) -> PartSplitter<'a> {
         let max = max.max(1);
-        let mut chain = crc32fast::Hasher::new();
-        chain.update(&prev_checksum.to_le_bytes());
-        chain.update(&gtid.domain.to_le_bytes());
-        chain.update(&gtid.server.to_le_bytes());
-        chain.update(&gtid.seq.to_le_bytes());
+        let chain = crate::store::chain_start(prev_checksum, gtid);
         PartSplitter {
             prev: prev.to_string(),
             prev_checksum,

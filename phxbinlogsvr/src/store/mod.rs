@@ -110,4 +110,5 @@ mod writer;
 pub use error::StoreError;
 pub use image::{CheckpointReader, CheckpointWriter};
 pub use reader::StoreReader;
+pub use record::chain_start;
 pub use writer::{EventStore, OpenReport, PartOutcome, StoreOptions, TrimReport, TxnPart};

@@ -225,7 +225,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, String> {
 /// Starts the rolling checksum of a transaction: it chains the previous value
 /// and the GTID, and then every byte of the transaction (fed part by part, so
 /// a transaction split into parts never has to be in memory whole).
-pub(crate) fn chain_start(prev: u32, gtid: Gtid) -> crc32fast::Hasher {
+pub fn chain_start(prev: u32, gtid: Gtid) -> crc32fast::Hasher {
     let mut h = crc32fast::Hasher::new();
     h.update(&prev.to_le_bytes());
     h.update(&gtid.domain.to_le_bytes());
