@@ -483,6 +483,11 @@ mod tests {
     use binlog::{Checksum, EventType, Gtid, GtidEvent, QueryEvent};
 
     fn synth(seq: u64) -> Transaction {
+        synth_query(seq, &format!("INSERT INTO t VALUES ({seq})"))
+    }
+
+    /// A transaction of one QUERY statement `text`, GTID 0-7-`seq`.
+    fn synth_query(seq: u64, text: &str) -> Transaction {
         let spec = EventSpec {
             timestamp: 1,
             event_type: EventType::UNKNOWN,
@@ -493,7 +498,6 @@ mod tests {
         let c = Checksum::Crc32;
         let mut bytes =
             build::gtid_event(&spec, &GtidEvent::new(Gtid::new(0, 7, seq), 0), c).unwrap();
-        let text = format!("INSERT INTO t VALUES ({seq})");
         let q = QueryEvent {
             thread_id: 1,
             exec_time: 0,
@@ -616,28 +620,10 @@ mod tests {
 
     /// A transaction with a query of about `len` bytes.
     fn synth_big(seq: u64, len: usize) -> Transaction {
-        let spec = EventSpec {
-            timestamp: 1,
-            event_type: EventType::UNKNOWN,
-            server_id: 7,
-            log_pos: 0,
-            flags: 0,
-        };
-        let c = Checksum::Crc32;
-        let mut bytes =
-            build::gtid_event(&spec, &GtidEvent::new(Gtid::new(0, 7, seq), 0), c).unwrap();
-        let text = format!("INSERT INTO t VALUES ('{}')", "x".repeat(len));
-        let q = QueryEvent {
-            thread_id: 1,
-            exec_time: 0,
-            error_code: 0,
-            status_vars: &[],
-            db: b"d",
-            query: text.as_bytes(),
-        };
-        bytes.extend(build::query_event(&spec, &q, c).unwrap());
-        bytes.extend(build::xid_event(&spec, seq, c).unwrap());
-        Transaction::from_bytes(&bytes, c).unwrap()
+        synth_query(
+            seq,
+            &format!("INSERT INTO t VALUES ('{}')", "x".repeat(len)),
+        )
     }
 
     /// The encoded parts of `t` built on (`prev`, `prev_checksum`).
