@@ -147,6 +147,25 @@ impl Message {
     }
 
     /// Short name for logs and counters.
+    /// A request that vouches for nothing in the sender's own log, so a driver
+    /// may send it before its fsync of the same `Ready` (overlapping a leader's
+    /// fsync with its followers'): Prepare, Accept, Commit, catch-up and
+    /// checkpoint requests. The answers these requests draw are only handled
+    /// after that fsync (the driver finishes a `Ready` first), and a leader
+    /// counts its own vote only through its own durable record. Answers
+    /// (Promise, Accepted, Reject, CommitAck, catch-up and checkpoint data)
+    /// always wait for the fsync.
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Message::Prepare { .. }
+                | Message::Accept { .. }
+                | Message::Commit { .. }
+                | Message::CatchUpRequest { .. }
+                | Message::CheckpointRequest { .. }
+        )
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Prepare { .. } => "prepare",

@@ -6,11 +6,14 @@
 //! order:
 //!
 //! 1. if `compact` is set: start a new segment and append its `header`;
-//! 2. append `records`, then fsync once (group commit) if `sync` is set;
+//! 2. append `records`; send the messages that are requests
+//!    ([`Message::is_request`]: they vouch for nothing in this log, so a
+//!    leader's fsync overlaps its followers'); then fsync once (group commit)
+//!    if `sync` is set;
 //! 3. if `compact` is set: remove the segments below `below` (the header, now
 //!    durable, replaces what they held);
-//! 4. send `messages` (only now: a promise or accept is never answered before it
-//!    is durable);
+//! 4. send the other `messages`, the answers (only now: a promise or accept is
+//!    never answered before it is durable);
 //! 5. apply `apply` to the application state machine, in order;
 //! 6. deliver `outcomes` to whoever proposed.
 //!
@@ -222,7 +225,11 @@ pub struct Core {
     log_start_system: SystemState,
     /// Every instance below it is chosen and known here.
     chosen_prefix: InstanceId,
+    /// Highest chosen prefix handed to the driver as a `ChosenPrefix` record.
     durable_chosen_prefix: InstanceId,
+    /// Highest chosen prefix whose record was covered by an fsync: what a
+    /// CommitAck may vouch for (the marker itself rides on the next fsync).
+    synced_chosen_prefix: InstanceId,
     slots: BTreeMap<InstanceId, Slot>,
     /// Next instance to apply.
     applied: InstanceId,
@@ -336,6 +343,7 @@ impl Core {
             log_start_system,
             chosen_prefix,
             durable_chosen_prefix: chosen_prefix,
+            synced_chosen_prefix: chosen_prefix,
             slots,
             applied: log_start,
             app_checkpoint,
@@ -513,18 +521,35 @@ impl Core {
                 upto: self.chosen_prefix,
             });
         }
-        // A CommitAck vouches that our chosen prefix is durable (membership
-        // changes wait for a majority of them); everything else in the log is a
-        // promise, an accept or a learned value, which answers depend on.
+        // Everything in the log but the chosen-prefix marker is a promise, an
+        // accept or a learned value, which answers depend on: those need the
+        // fsync. The marker alone does not: it rides on the next fsync, and a
+        // CommitAck (membership changes wait for a majority of them) vouches
+        // only for the prefix an fsync already covered, so acknowledging a
+        // Commit costs a follower no fsync of its own.
         let r = &mut self.ready;
+        // When a Commit brings nothing new (the leader's heartbeat, i.e. the
+        // stream paused), its CommitAck flushes the markers not yet covered,
+        // so membership changes never wait on a quiet log.
         r.sync = r.compact.is_some()
             || r.records
                 .iter()
                 .any(|rec| !matches!(rec, LogRecord::ChosenPrefix { .. }))
-            || (!r.records.is_empty()
+            || (r.records.is_empty()
+                && self.synced_chosen_prefix < self.durable_chosen_prefix
                 && r.messages
                     .iter()
                     .any(|(_, m)| matches!(m, Message::CommitAck { .. })));
+        if r.sync {
+            // Once this Ready is carried out, every record so far is durable.
+            self.synced_chosen_prefix = self.durable_chosen_prefix;
+        }
+        let synced = self.synced_chosen_prefix;
+        for (_, m) in &mut r.messages {
+            if let Message::CommitAck { chosen_prefix, .. } = m {
+                *chosen_prefix = (*chosen_prefix).min(synced);
+            }
+        }
         Ok(std::mem::take(&mut self.ready))
     }
 

@@ -146,7 +146,7 @@ impl<SM: StateMachine> Driver<SM> {
                     None => Flow::Shutdown,
                 },
                 _ = ticker.tick() => {
-                    self.on_tick();
+                    self.on_tick()?;
                     Flow::Continue
                 }
             };
@@ -245,11 +245,21 @@ impl<SM: StateMachine> Driver<SM> {
         Ok(Flow::Continue)
     }
 
-    fn on_tick(&mut self) {
+    fn on_tick(&mut self) -> Result<(), RuntimeError> {
         let now = clock::now();
+        // The application's deferred group commit, if it has one due.
+        self.sync_app()?;
+        self.core.set_app_checkpoint(self.sm.checkpoint());
         self.core.set_may_campaign(self.sm.may_campaign());
         self.core.tick(now);
         self.check_fetch_stall(now);
+        Ok(())
+    }
+
+    fn sync_app(&mut self) -> Result<(), RuntimeError> {
+        self.sm
+            .sync()
+            .map_err(|e| RuntimeError::StateMachine(format!("state machine sync: {e}")))
     }
 
     /// Carries out every `Ready` the core has.
@@ -289,6 +299,19 @@ impl<SM: StateMachine> Driver<SM> {
         }
         // 2. The records, then one fsync for all of it (group commit).
         self.append(&records)?;
+        // The peer table before any message: a message to a member that was
+        // just added would otherwise be dropped for want of a route.
+        if let Some(membership) = membership {
+            self.update_peers(&membership);
+        }
+        // Requests (an Accept above all) vouch for nothing in this log: they
+        // leave before the fsync, so the followers' fsyncs overlap ours. Their
+        // answers are handled only once this Ready is done, fsync included.
+        let (requests, answers): (Vec<_>, Vec<_>) =
+            messages.into_iter().partition(|(_, m)| m.is_request());
+        for (to, msg) in requests {
+            self.send(to, &msg);
+        }
         if sync {
             self.log.sync()?;
             self.counters.log_syncs += 1;
@@ -298,18 +321,13 @@ impl<SM: StateMachine> Driver<SM> {
             self.remove_compacted(c)?;
         }
 
-        // The peer table before the messages: a message to a member that was just
-        // added would otherwise be dropped for want of a route.
-        if let Some(membership) = membership {
-            self.update_peers(&membership);
-        }
-
-        // 4. Messages: only now, with everything they promise durable.
-        for (to, msg) in messages {
+        // 4. Answers: only now, with everything they promise durable.
+        for (to, msg) in answers {
             self.send(to, &msg);
         }
 
         // 5. Apply, in order.
+        let applied = !apply.is_empty();
         for entry in apply {
             self.apply(entry)?;
         }
@@ -317,6 +335,12 @@ impl<SM: StateMachine> Driver<SM> {
         // 6. Outcomes.
         for (id, outcome) in outcomes {
             self.deliver(id, outcome);
+        }
+
+        // 7. The application's group commit, off the outputs' path (what it
+        //    applied is already durable in this log).
+        if applied {
+            self.sync_app()?;
         }
 
         if let Some(peer) = fetch_checkpoint {

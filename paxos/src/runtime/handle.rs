@@ -31,6 +31,32 @@ pub(crate) enum Command<O> {
     Shutdown,
 }
 
+/// The outcome of a value placed with [`NodeHandle::submit`]: resolves like
+/// [`NodeHandle::propose`] once the value is chosen and applied here (or
+/// failed). Dropping it does not withdraw the value.
+pub struct Pending<O> {
+    rx: oneshot::Receiver<Result<(InstanceId, O), ProposeFailed>>,
+}
+
+impl<O> std::fmt::Debug for Pending<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl<O> std::future::Future for Pending<O> {
+    type Output = Result<(InstanceId, O), ProposeFailed>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ProposeFailed::NodeStopped)))
+    }
+}
+
 /// The driver's own counters (the core and the transport count the rest).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeCounters {
@@ -152,6 +178,20 @@ impl<O: Send + 'static> NodeHandle<O> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Propose { data, reply }).await?;
         rx.await.map_err(|_| ProposeFailed::NodeStopped)?
+    }
+
+    /// Places an application value in the driver's queue and returns at once
+    /// with its [`Pending`] outcome. Values submitted one after the other from
+    /// one task are queued in that order, so the leader places them in
+    /// increasing instances (possibly several in one instance, in order):
+    /// this is how a caller keeps several values in flight yet applied in
+    /// its order. A value placed ahead of an earlier one is impossible; a
+    /// value whose earlier neighbour failed may still be chosen (the
+    /// application's own checks, e.g. a compare-and-set, decide).
+    pub async fn submit(&self, data: Vec<u8>) -> Result<Pending<O>, ProposeFailed> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Propose { data, reply }).await?;
+        Ok(Pending { rx })
     }
 
     /// Proposes a membership change; resolves with the instance it took effect at.

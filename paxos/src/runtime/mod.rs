@@ -54,7 +54,7 @@ mod node;
 pub use clock::now;
 pub use config::NodeConfig;
 pub use error::{ProposeFailed, RuntimeError};
-pub use handle::{NodeCounters, NodeHandle, RuntimeCounters};
+pub use handle::{NodeCounters, NodeHandle, Pending, RuntimeCounters};
 pub use node::Node;
 
 use crate::types::InstanceId;
@@ -89,6 +89,18 @@ pub trait StateMachine: Send + 'static {
     /// (survives a crash). After a restart the library replays from here; log
     /// entries below it may be dropped.
     fn checkpoint(&self) -> InstanceId;
+
+    /// Group commit for the application: called after the instances of one
+    /// `Ready` were applied and their outputs handed out, and on every tick.
+    /// `apply` may leave its effects undurable, and this call may defer them
+    /// further (e.g. one fsync per few milliseconds), because a chosen
+    /// instance is already durable in the Paxos log (a crash replays it from
+    /// `checkpoint()`); `checkpoint()` must count only instances made durable,
+    /// and the log keeps everything above it. An error stops the node.
+    /// Default: nothing to do.
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 
     /// Veto hook: may this node campaign for / renew the master lease now? (The
     /// binlog server will say no while its MariaDB lags.) Asked on every tick, so

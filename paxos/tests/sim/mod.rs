@@ -92,6 +92,9 @@ enum Event {
 #[derive(Default)]
 struct SimDisk {
     segments: Vec<Vec<LogRecord>>,
+    /// Trailing records of the last segment not covered by an fsync yet: a
+    /// crash loses any number of them (from the end).
+    unsynced: usize,
 }
 
 impl SimDisk {
@@ -101,7 +104,21 @@ impl SimDisk {
         }
         if let Some(seg) = self.segments.last_mut() {
             seg.push(rec);
+            self.unsynced += 1;
         }
+    }
+
+    fn sync(&mut self) {
+        self.unsynced = 0;
+    }
+
+    /// A crash: the last `lost` (at most the unsynced) records are gone.
+    fn lose_unsynced(&mut self, lost: usize) {
+        let lost = lost.min(self.unsynced);
+        if let Some(seg) = self.segments.last_mut() {
+            seg.truncate(seg.len().saturating_sub(lost));
+        }
+        self.unsynced = 0;
     }
 
     fn remove_below(&mut self, below: InstanceId) {
@@ -391,9 +408,11 @@ impl Sim {
     }
 
     fn crash(&mut self, id: NodeId) {
+        let lost = self.rng.random_range(0..4usize);
         if let Some(node) = self.nodes.get_mut(&id)
             && node.core.take().is_some()
         {
+            node.disk.lock().expect("disk").lose_unsynced(lost);
             self.report.crashes += 1;
             let delay = self.rng.random_range(50 * MS..2 * SEC);
             self.schedule(delay, Event::Restart(id));
@@ -844,6 +863,7 @@ impl Sim {
             } else {
                 ready.records.len()
             };
+            let compact_below = ready.compact.as_ref().map(|c| c.below);
             {
                 let node = self.nodes.get_mut(&id).expect("node");
                 let mut disk = node.disk.lock().expect("disk");
@@ -854,14 +874,22 @@ impl Sim {
                     None => (None, Vec::new()),
                 };
                 if compact_below.is_some() {
+                    disk.sync();
                     disk.segments.push(header);
                 }
                 for rec in ready.records.into_iter().take(keep) {
                     disk.append(rec);
                 }
-                if !disk_error && let Some(below) = compact_below {
-                    disk.remove_below(below);
-                }
+            }
+            // Requests leave before the fsync (the driver's order); answers
+            // only after it.
+            let (requests, answers): (Vec<_>, Vec<_>) = ready
+                .messages
+                .into_iter()
+                .partition(|(_, m)| m.is_request());
+            for (to, msg) in requests {
+                self.track_answers(id, &msg);
+                self.send(id, to, msg);
             }
             if disk_error {
                 self.report.disk_errors += 1;
@@ -869,8 +897,18 @@ impl Sim {
                 self.crash(id);
                 return;
             }
-            // 2. Send.
-            for (to, msg) in ready.messages {
+            {
+                let node = self.nodes.get_mut(&id).expect("node");
+                let mut disk = node.disk.lock().expect("disk");
+                if ready.sync || compact_below.is_some() {
+                    disk.sync();
+                }
+                if let Some(below) = compact_below {
+                    disk.remove_below(below);
+                }
+            }
+            // 2. Send the answers.
+            for (to, msg) in answers {
                 self.track_answers(id, &msg);
                 self.send(id, to, msg);
             }
