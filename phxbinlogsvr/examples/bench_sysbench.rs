@@ -83,6 +83,10 @@ struct Args {
     /// Keep the binlog servers' logs and sysbench outputs (prints where).
     #[arg(long)]
     keep_logs: bool,
+    /// An extra argument for every binlog server (repeatable), e.g.
+    /// `--svr-arg=--max-inflight=1`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    svr_arg: Vec<String>,
 }
 
 /// A `phxbinlogsvr` process, killed on drop.
@@ -180,7 +184,7 @@ struct System {
     svrs: Vec<Svr>,
 }
 
-async fn start_phx(bin: &Path, dir: &Path) -> Result<System> {
+async fn start_phx(bin: &Path, dir: &Path, extra_args: &[String]) -> Result<System> {
     let (m1, m2, m3) = tokio::join!(
         MariaDb::builder()
             .name("bench-a1")
@@ -243,6 +247,7 @@ async fn start_phx(bin: &Path, dir: &Path) -> Result<System> {
         if n != 1 {
             cmd.arg("--no-campaign");
         }
+        cmd.args(extra_args);
         let child = cmd
             .env(
                 "RUST_LOG",
@@ -508,6 +513,10 @@ async fn phx_counters(admin: u16) -> Vec<(String, f64)> {
                 "store_transactions_appended_total",
                 "semisync_transactions_acked_total",
                 "runtime_log_syncs_total",
+                "semisync_inflight_at_submit_total",
+                "semisync_proposals_total",
+                "semisync_inflight_micros_total",
+                "semisync_proposals_applied_total",
             ]
             .iter()
             .any(|k| l.contains(k))
@@ -570,7 +579,7 @@ async fn main() -> Result<()> {
     );
 
     let t0 = Instant::now();
-    let (a, b) = tokio::join!(start_phx(&bin, &dir), start_semisync());
+    let (a, b) = tokio::join!(start_phx(&bin, &dir, &args.svr_arg), start_semisync());
     let (a, b) = (a?, b?);
     println!("both systems up after {:.1?}", t0.elapsed());
     for s in [&a, &b] {
@@ -647,19 +656,27 @@ async fn main() -> Result<()> {
             if let Some(p) = s.admin {
                 let after = phx_counters(p).await;
                 let d = |k: &str| counter(&after, k) - counter(&before, k);
-                let (batches, txns, syncs) = (
+                let (micros, applied) = (
+                    d("semisync_inflight_micros_total"),
+                    d("semisync_proposals_applied_total"),
+                );
+                let (batches, txns, syncs, depth, proposals) = (
                     d("store_batches_applied_total"),
                     d("store_transactions_appended_total"),
                     d("runtime_log_syncs_total"),
+                    d("semisync_inflight_at_submit_total"),
+                    d("semisync_proposals_total"),
                 );
                 if batches > 0.0 {
                     batching.push(format!(
                         "round {round}: {txns:.0} transactions in {batches:.0} Paxos values \
-                         ({:.2} per value, {:.0} values/s, one value per {:.2} ms, one in flight); \
-                         node 1's Paxos log fsyncs: {:.2} per value",
+                         ({:.2} per value, {:.0} values/s, one value per {:.2} ms, {:.2} others in flight at each submit, \
+                         {:.2} ms from submit to ACK); node 1's Paxos log fsyncs: {:.2} per value",
                         txns / batches,
                         batches / f64::from(run_secs),
                         1000.0 * f64::from(run_secs) / batches,
+                        depth / proposals.max(1.0),
+                        micros / 1000.0 / applied.max(1.0),
                         syncs / batches
                     ));
                 }

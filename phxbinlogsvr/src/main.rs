@@ -37,6 +37,10 @@ struct Args {
     /// 32 MiB, minimum 64 KiB). For tests and tuning.
     #[arg(long, value_name = "BYTES")]
     max_value_bytes: Option<usize>,
+    /// Most Paxos values the write path keeps in flight (default 8; 1 =
+    /// one value at a time). For tests and tuning.
+    #[arg(long, value_name = "N")]
+    max_inflight: Option<usize>,
 }
 
 #[tokio::main]
@@ -67,6 +71,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let opts = ServerOptions {
         no_campaign: args.no_campaign,
         max_value_bytes: args.max_value_bytes,
+        max_inflight: args.max_inflight,
     };
     let server = Server::start(&cfg, &args.node, opts)
         .await

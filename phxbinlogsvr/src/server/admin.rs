@@ -324,6 +324,8 @@ pub fn render_metrics(s: &AdminState) -> String {
         ("transactions_split", &w.transactions_split),
         ("parts_proposed", &w.parts_proposed),
         ("transactions_resumed", &w.transactions_resumed),
+        ("inflight_at_submit", &w.inflight_at_submit),
+        ("inflight_micros", &w.inflight_micros),
     ] {
         m.counter(
             &format!("phxbinlogsvr_semisync_{name}_total"),

@@ -87,6 +87,9 @@ pub struct ServerOptions {
     /// split into parts (default [`MAX_TRANSACTION_BYTES`]; clamped to
     /// [`MIN_VALUE_BYTES`]..=[`MAX_TRANSACTION_BYTES`]).
     pub max_value_bytes: Option<usize>,
+    /// The write path's most values in flight (default
+    /// [`write_path::DEFAULT_MAX_INFLIGHT`]; at least 1).
+    pub max_inflight: Option<usize>,
 }
 
 /// A running binlog server.
@@ -193,6 +196,9 @@ impl Server {
         let mut wcfg = WritePathConfig::new(ss);
         if let Some(v) = opts.max_value_bytes {
             wcfg.max_value_bytes = v.clamp(MIN_VALUE_BYTES, MAX_TRANSACTION_BYTES);
+        }
+        if let Some(n) = opts.max_inflight {
+            wcfg.max_inflight = n.max(1);
         }
         let wp = WritePath::new(
             wcfg,

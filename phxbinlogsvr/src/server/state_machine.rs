@@ -3,10 +3,13 @@
 //! Each chosen application item is a [`BinlogValue`]; applying it is a
 //! compare-and-set on the event store: the batch is appended only if the
 //! store still ends at the value's `prev` GTID position with its
-//! `prev_checksum` rolling checksum. Every instance is made durable
-//! (`EventStore::sync`, one fsync) before `apply` returns, so
-//! `checkpoint()` is always the next instance and the replication master
-//! sees a transaction as soon as it is applied.
+//! `prev_checksum` rolling checksum. `apply` only buffers; the runtime's
+//! `sync` (after every `Ready`, once its outputs are handed out) makes all
+//! of it durable with one fsync (`EventStore::sync`) and only then shows it
+//! to readers (the replication master) and the progress view. An output may
+//! thus be acted on (the write path ACKs) before the store's fsync: the
+//! instance is already chosen, durable in a majority's Paxos logs, and a
+//! crash before the store's fsync replays it from `checkpoint()`.
 //!
 //! Several items in one instance (the core may pack queued proposals
 //! together) are checked in order, each against the state the earlier
@@ -82,9 +85,19 @@ pub struct ProgressState {
 pub struct Progress {
     state: Mutex<ProgressState>,
     reader: StoreReader,
+    /// Instances were applied that the store has not made durable (and
+    /// shown to readers and to [`Progress::snapshot`]) yet.
+    unsynced: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
+    /// True while applied instances wait for the store's next sync (at most
+    /// the sync interval plus a tick): until then the snapshot and the
+    /// reader trail what is chosen and applied.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// A snapshot of the progress.
     pub fn snapshot(&self) -> ProgressState {
         self.lock().clone()
@@ -104,6 +117,25 @@ impl Progress {
 pub struct BinlogStateMachine {
     store: EventStore,
     progress: Arc<Progress>,
+    /// Counts of instances applied since the last sync (published with it).
+    unsynced: AppliedCounts,
+    /// Longest time applied instances wait for the store's fsync.
+    sync_interval: std::time::Duration,
+    last_sync: std::time::Instant,
+}
+
+/// Default of [`BinlogStateMachine::set_sync_interval`].
+pub const DEFAULT_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// What applied instances add to the [`ProgressState`] counters.
+#[derive(Debug, Default)]
+struct AppliedCounts {
+    instances: u64,
+    transactions: u64,
+    parts: u64,
+    batches: u64,
+    conflicts: u64,
+    rejected: u64,
 }
 
 impl std::fmt::Debug for BinlogStateMachine {
@@ -120,6 +152,20 @@ fn chain_after(prev: u32, txn: &Transaction) -> u32 {
     let mut h = crate::store::chain_start(prev, txn.gtid());
     h.update(txn.bytes());
     h.finalize()
+}
+
+/// Moves the log's (position, rolling checksum) over `txn`, as appending it
+/// does: the compare-and-set's arithmetic, shared with the write path (which
+/// builds each value in flight on the predicted end of the ones before it).
+/// Fails, changing nothing, if `txn`'s GTID does not move its domain forward.
+pub(crate) fn extend_tail(
+    pos: &mut GtidPos,
+    chain: &mut u32,
+    txn: &Transaction,
+) -> Result<(), binlog::Error> {
+    pos.advance(txn.gtid())?;
+    *chain = chain_after(*chain, txn);
+    Ok(())
 }
 
 /// The checksum setting of a wire code (0 = NONE, else CRC32).
@@ -149,10 +195,26 @@ impl BinlogStateMachine {
         let progress = Arc::new(Progress {
             state: Mutex::new(ProgressState::default()),
             reader: store.reader(),
+            unsynced: std::sync::atomic::AtomicBool::new(false),
         });
-        let sm = BinlogStateMachine { store, progress };
+        let sm = BinlogStateMachine {
+            store,
+            progress,
+            unsynced: AppliedCounts::default(),
+            sync_interval: DEFAULT_SYNC_INTERVAL,
+            last_sync: std::time::Instant::now(),
+        };
         sm.publish(|_| {});
         sm
+    }
+
+    /// How long applied instances may wait for the store's fsync (one
+    /// fsync per interval at most, instead of one per Paxos value; zero:
+    /// after every `Ready`). Chosen instances are durable in the Paxos log
+    /// meanwhile; what the interval delays is their visibility to the
+    /// local replica and the log's compaction.
+    pub fn set_sync_interval(&mut self, interval: std::time::Duration) {
+        self.sync_interval = interval;
     }
 
     /// The shared progress view.
@@ -279,11 +341,10 @@ impl BinlogStateMachine {
             let mut next_chain = chain;
             let mut order_error = None;
             for t in &mine {
-                if let Err(e) = next_pos.advance(t.gtid()) {
+                if let Err(e) = extend_tail(&mut next_pos, &mut next_chain, t) {
                     order_error = Some(format!("transaction {} out of order: {e}", t.gtid()));
                     break;
                 }
-                next_chain = chain_after(next_chain, t);
             }
             if let Some(reason) = order_error {
                 decided.push(Err(ApplyOutcome::Rejected(reason)));
@@ -370,7 +431,6 @@ impl BinlogStateMachine {
                 Err(e) => return Err(e),
             }
         }
-        self.store.sync()?;
         let outputs: Vec<ApplyOutcome> = decided
             .into_iter()
             .map(|d| match d {
@@ -392,19 +452,21 @@ impl BinlogStateMachine {
         } else {
             n_txns
         };
-        self.publish(|p| {
-            p.instances_applied += 1;
-            p.transactions_appended += n_txns;
-            p.parts_applied += parts_stored;
-            for o in &outputs {
-                match o {
-                    ApplyOutcome::Applied { .. } => p.batches_applied += 1,
-                    ApplyOutcome::PartHeld { .. } => {}
-                    ApplyOutcome::Conflict { .. } => p.conflicts += 1,
-                    ApplyOutcome::Rejected(_) => p.rejected += 1,
-                }
+        self.progress
+            .unsynced
+            .store(true, std::sync::atomic::Ordering::Release);
+        let c = &mut self.unsynced;
+        c.instances += 1;
+        c.transactions += n_txns;
+        c.parts += parts_stored;
+        for o in &outputs {
+            match o {
+                ApplyOutcome::Applied { .. } => c.batches += 1,
+                ApplyOutcome::PartHeld { .. } => {}
+                ApplyOutcome::Conflict { .. } => c.conflicts += 1,
+                ApplyOutcome::Rejected(_) => c.rejected += 1,
             }
-        });
+        }
         for o in &outputs {
             match o {
                 ApplyOutcome::Applied {
@@ -449,6 +511,33 @@ impl StateMachine for BinlogStateMachine {
         self.store.checkpoint()
     }
 
+    /// One fsync for every instance applied since the last one, once the
+    /// sync interval has passed; only then do readers (the replication
+    /// master) and the progress view see them.
+    fn sync(&mut self) -> std::io::Result<()> {
+        if self.unsynced.instances == 0 || self.last_sync.elapsed() < self.sync_interval {
+            return Ok(());
+        }
+        self.last_sync = std::time::Instant::now();
+        if let Err(e) = self.store.sync() {
+            tracing::error!(error = %e, "event store sync failed; stopping the node");
+            return Err(std::io::Error::from(e));
+        }
+        let c = std::mem::take(&mut self.unsynced);
+        self.publish(|p| {
+            p.instances_applied += c.instances;
+            p.transactions_appended += c.transactions;
+            p.parts_applied += c.parts;
+            p.batches_applied += c.batches;
+            p.conflicts += c.conflicts;
+            p.rejected += c.rejected;
+        });
+        self.progress
+            .unsynced
+            .store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     fn read_checkpoint(&mut self, offset: u64, max: usize) -> std::io::Result<CheckpointChunk> {
         self.store
             .read_checkpoint(offset, max)
@@ -481,6 +570,13 @@ mod tests {
     use crate::store::StoreOptions;
     use binlog::build::{self, EventSpec};
     use binlog::{Checksum, EventType, Gtid, GtidEvent, QueryEvent};
+
+    /// Applies one instance and syncs, as the runtime does.
+    fn apply(sm: &mut BinlogStateMachine, i: InstanceId, items: Vec<Vec<u8>>) -> Vec<ApplyOutcome> {
+        let out = StateMachine::apply(sm, i, items);
+        StateMachine::sync(sm).unwrap();
+        out
+    }
 
     fn synth(seq: u64) -> Transaction {
         synth_query(seq, &format!("INSERT INTO t VALUES ({seq})"))
@@ -525,8 +621,13 @@ mod tests {
         .unwrap()
     }
 
+    /// A state machine that syncs at every `sync` call (as after every
+    /// `Ready` with a zero interval).
     fn open(dir: &std::path::Path) -> BinlogStateMachine {
-        BinlogStateMachine::new(EventStore::open(dir, StoreOptions::default()).unwrap().0)
+        let mut sm =
+            BinlogStateMachine::new(EventStore::open(dir, StoreOptions::default()).unwrap().0);
+        sm.set_sync_interval(std::time::Duration::ZERO);
+        sm
     }
 
     #[test]
@@ -536,7 +637,7 @@ mod tests {
         let p = sm.progress();
 
         // Built on the empty log: applied.
-        let out = sm.apply(0, vec![value("", 0, &[1, 2])]);
+        let out = apply(&mut sm, 0, vec![value("", 0, &[1, 2])]);
         let ApplyOutcome::Applied {
             first_index,
             count,
@@ -554,13 +655,13 @@ mod tests {
         assert_eq!(p.reader().end_index(), 2, "durable and visible to readers");
 
         // A stale batch (built on the empty log again): conflict, nothing stored.
-        let out = sm.apply(1, vec![value("", 0, &[3])]);
+        let out = apply(&mut sm, 1, vec![value("", 0, &[3])]);
         assert!(
             matches!(&out[0], ApplyOutcome::Conflict { pos, .. } if pos == "0-7-2"),
             "{out:?}"
         );
         // Right position, wrong checksum: conflict too.
-        let out = sm.apply(2, vec![value("0-7-2", checksum ^ 1, &[3])]);
+        let out = apply(&mut sm, 2, vec![value("0-7-2", checksum ^ 1, &[3])]);
         assert!(matches!(out[0], ApplyOutcome::Conflict { .. }), "{out:?}");
         assert_eq!(p.snapshot().end_index, 2);
         assert_eq!(p.snapshot().checkpoint, 3);
@@ -571,7 +672,7 @@ mod tests {
         let mut tmp = open_scratch_chain(checksum, 3);
         let second = value("0-7-3", tmp.remove(0), &[4, 5]);
         let stale = value("0-7-2", checksum, &[3]);
-        let out = sm.apply(3, vec![first, second, stale, b"garbage".to_vec()]);
+        let out = apply(&mut sm, 3, vec![first, second, stale, b"garbage".to_vec()]);
         assert!(
             matches!(
                 out[0],
@@ -600,11 +701,11 @@ mod tests {
 
         // Out of GTID order (seq 5 again) on the right position: rejected.
         let s = p.snapshot();
-        let out = sm.apply(4, vec![value("0-7-5", s.checksum, &[5])]);
+        let out = apply(&mut sm, 4, vec![value("0-7-5", s.checksum, &[5])]);
         assert!(matches!(out[0], ApplyOutcome::Rejected(_)), "{out:?}");
 
         // An empty instance moves the checkpoint.
-        assert!(sm.apply(5, Vec::new()).is_empty());
+        assert!(apply(&mut sm, 5, Vec::new()).is_empty());
         assert_eq!(sm.checkpoint(), 6);
 
         // Durable: a reopened store has it all.
@@ -646,7 +747,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
         let p = sm.progress();
-        let out = sm.apply(0, vec![value("", 0, &[1])]);
+        let out = apply(&mut sm, 0, vec![value("", 0, &[1])]);
         let ApplyOutcome::Applied { checksum: c1, .. } = out[0] else {
             panic!("{out:?}");
         };
@@ -655,11 +756,11 @@ mod tests {
         let big = synth_big(2, 10_000);
         let ps = parts("0-7-1", c1, &big, 4096);
         assert_eq!(ps.len(), 3);
-        assert!(held(&sm.apply(1, vec![ps[0].clone()]), 1));
+        assert!(held(&apply(&mut sm, 1, vec![ps[0].clone()]), 1));
         // Out of order: part 2 where part 1 is expected, part 1 again
         // after it is stored, part 0's bytes as part 1: refused.
-        assert!(conflict(&sm.apply(2, vec![ps[2].clone()])));
-        assert!(held(&sm.apply(3, vec![ps[1].clone()]), 2));
+        assert!(conflict(&apply(&mut sm, 2, vec![ps[2].clone()])));
+        assert!(held(&apply(&mut sm, 3, vec![ps[1].clone()]), 2));
         let (g, n, chain) = p.snapshot().pending_part.unwrap();
         assert_eq!((g, n), (big.gtid(), 2), "published for the write path");
         let mut rest = PartValue::split("0-7-1", c1, big.gtid(), 1, big.bytes(), 4096);
@@ -669,7 +770,7 @@ mod tests {
             chain,
             "what a resuming write path compares"
         );
-        assert!(conflict(&sm.apply(4, vec![ps[1].clone()])));
+        assert!(conflict(&apply(&mut sm, 4, vec![ps[1].clone()])));
         assert_eq!(p.reader().end_index(), 1, "parts are invisible to readers");
         assert_eq!(p.snapshot().pos.to_string(), "0-7-1");
         assert_eq!(
@@ -677,7 +778,7 @@ mod tests {
             c1,
             "the chain waits for the last part"
         );
-        let out = sm.apply(5, vec![ps[2].clone()]);
+        let out = apply(&mut sm, 5, vec![ps[2].clone()]);
         let [
             ApplyOutcome::Applied {
                 first_index: 1,
@@ -703,16 +804,16 @@ mod tests {
         // Stale prev: part 0 or a later part built on the old position.
         let big3 = synth_big(3, 10_000);
         let stale = parts("0-7-1", c1, &big3, 4096);
-        assert!(conflict(&sm.apply(6, vec![stale[0].clone()])));
+        assert!(conflict(&apply(&mut sm, 6, vec![stale[0].clone()])));
         let ps3 = parts("0-7-2", c2, &big3, 4096);
-        assert!(held(&sm.apply(7, vec![ps3[0].clone()]), 1));
-        assert!(conflict(&sm.apply(8, vec![stale[1].clone()])));
+        assert!(held(&apply(&mut sm, 7, vec![ps3[0].clone()]), 1));
+        assert!(conflict(&apply(&mut sm, 8, vec![stale[1].clone()])));
         // Right index, but not the bytes held (another cut): refused.
         let other_cut = parts("0-7-2", c2, &big3, 5000);
-        assert!(conflict(&sm.apply(9, vec![other_cut[1].clone()])));
+        assert!(conflict(&apply(&mut sm, 9, vec![other_cut[1].clone()])));
         // A part must be alone in its instance: packed after a batch, or a
         // batch packed after it, it is refused (a conflict).
-        let out = sm.apply(10, vec![ps3[1].clone(), value("0-7-2", c2, &[3])]);
+        let out = apply(&mut sm, 10, vec![ps3[1].clone(), value("0-7-2", c2, &[3])]);
         assert!(
             matches!(
                 &out[..],
@@ -726,19 +827,19 @@ mod tests {
 
         // Interleaving: a whole transaction on the same position abandons
         // the unfinished parts, whose next part then conflicts.
-        let out = sm.apply(11, vec![value("0-7-2", c2, &[3])]);
+        let out = apply(&mut sm, 11, vec![value("0-7-2", c2, &[3])]);
         let [ApplyOutcome::Applied { checksum: c3, .. }] = out[..] else {
             panic!("{out:?}");
         };
         assert_eq!(sm.store.pending_part(), None);
-        assert!(conflict(&sm.apply(12, vec![ps3[2].clone()])));
+        assert!(conflict(&apply(&mut sm, 12, vec![ps3[2].clone()])));
         assert_eq!(p.snapshot().pos.to_string(), "0-7-3");
         assert_eq!(p.reader().end_index(), 3);
 
         // A restarted attempt: part 0 again abandons the earlier parts.
         let big4 = synth_big(4, 10_000);
         let ps4 = parts("0-7-3", c3, &big4, 4096);
-        let out = sm.apply(13, vec![value("0-7-3", c3, &[4]), ps4[0].clone()]);
+        let out = apply(&mut sm, 13, vec![value("0-7-3", c3, &[4]), ps4[0].clone()]);
         assert!(
             matches!(
                 &out[..],
@@ -749,10 +850,13 @@ mod tests {
         let s = p.snapshot();
         let big5 = synth_big(5, 10_000);
         let ps5 = parts(&s.pos.to_string(), s.checksum, &big5, 4096);
-        assert!(held(&sm.apply(14, vec![ps5[0].clone()]), 1));
-        assert!(held(&sm.apply(15, vec![ps5[1].clone()]), 2));
-        assert!(held(&sm.apply(16, vec![ps5[0].clone()]), 1), "restarted");
-        assert!(held(&sm.apply(17, vec![ps5[1].clone()]), 2));
+        assert!(held(&apply(&mut sm, 14, vec![ps5[0].clone()]), 1));
+        assert!(held(&apply(&mut sm, 15, vec![ps5[1].clone()]), 2));
+        assert!(
+            held(&apply(&mut sm, 16, vec![ps5[0].clone()]), 1),
+            "restarted"
+        );
+        assert!(held(&apply(&mut sm, 17, vec![ps5[1].clone()]), 2));
 
         // Durable: after a reopen the held parts are still pending and the
         // last one completes the transaction.
@@ -760,7 +864,7 @@ mod tests {
         let mut sm = open(dir.path());
         let p = sm.progress();
         assert_eq!(sm.store.pending_part(), Some((Gtid::new(0, 7, 5), 2)));
-        let out = sm.apply(18, vec![ps5[2].clone()]);
+        let out = apply(&mut sm, 18, vec![ps5[2].clone()]);
         assert!(
             matches!(
                 &out[..],
