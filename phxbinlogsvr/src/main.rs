@@ -41,6 +41,13 @@ struct Args {
     /// one value at a time). For tests and tuning.
     #[arg(long, value_name = "N")]
     max_inflight: Option<usize>,
+    /// Run the agent: the local MariaDB's role follows the master lease
+    /// (promoted on winning it, demoted to a read-only replica of this
+    /// binlog server on losing it) and this node campaigns only while its
+    /// MariaDB is up and has applied every chosen transaction. Without it
+    /// the MariaDB's role is set up by hand.
+    #[arg(long)]
+    agent: bool,
 }
 
 #[tokio::main]
@@ -72,6 +79,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         no_campaign: args.no_campaign,
         max_value_bytes: args.max_value_bytes,
         max_inflight: args.max_inflight,
+        agent: args.agent,
     };
     let server = Server::start(&cfg, &args.node, opts)
         .await

@@ -42,6 +42,8 @@ pub struct AdminState {
     pub master: Arc<MasterMetrics>,
     /// Control connection to the local MariaDB (admin account).
     pub mariadb: mysql_async::Opts,
+    /// The agent's status, when it runs.
+    pub agent: Option<agent::StatusHandle>,
 }
 
 impl AdminState {
@@ -135,6 +137,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Response {
             "gtid_current_pos": mariadb_pos,
             "error": mariadb_error,
         },
+        "agent": s.agent.as_ref().map(|a| a.get()),
     }))
     .into_response()
 }

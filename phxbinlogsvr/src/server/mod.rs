@@ -90,6 +90,36 @@ pub struct ServerOptions {
     /// The write path's most values in flight (default
     /// [`write_path::DEFAULT_MAX_INFLIGHT`]; at least 1).
     pub max_inflight: Option<usize>,
+    /// Run the agent: the local MariaDB's role follows the lease (promote
+    /// on winning it, demote on losing it), and the node campaigns only
+    /// while its MariaDB is up and caught up with the chosen log.
+    pub agent: bool,
+}
+
+/// How often the agent looks at the lease and the local MariaDB.
+pub const AGENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The agent's view of this binlog server.
+struct AgentView {
+    handle: NodeHandle<ApplyOutcome>,
+    progress: Arc<Progress>,
+    me: u64,
+}
+
+impl agent::ClusterView for AgentView {
+    fn lease(&self) -> agent::LeaseView {
+        if self.handle.is_master() {
+            return agent::LeaseView::Mine;
+        }
+        match self.handle.master() {
+            Some((id, _)) if id != self.me => agent::LeaseView::Other(id),
+            _ => agent::LeaseView::Vacant,
+        }
+    }
+
+    fn chosen(&self) -> binlog::GtidPos {
+        self.progress.snapshot().pos
+    }
 }
 
 /// A running binlog server.
@@ -103,6 +133,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     write_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    agent_task: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -127,8 +158,12 @@ impl Server {
                     source,
                 })?
                 .0;
-        let sm = BinlogStateMachine::new(store);
+        let mut sm = BinlogStateMachine::new(store);
         let progress = sm.progress();
+        let gates = opts.agent.then(agent::Gates::default);
+        if let Some(g) = &gates {
+            sm.set_campaign_gate(Arc::clone(&g.may_campaign));
+        }
 
         // Paxos node.
         let mut ncfg = NodeConfig::new(
@@ -200,12 +235,15 @@ impl Server {
         if let Some(n) = opts.max_inflight {
             wcfg.max_inflight = n.max(1);
         }
-        let wp = WritePath::new(
+        let mut wp = WritePath::new(
             wcfg,
             handle.clone(),
             Arc::clone(&progress),
             Arc::clone(&write_metrics),
         );
+        if let Some(g) = &gates {
+            wp = wp.with_gate(Arc::clone(&g.write_path));
+        }
         let write_task = tokio::spawn(wp.run(shutdown_rx.clone()));
 
         // Admin API.
@@ -217,6 +255,30 @@ impl Server {
             .pass(Some(admin.password.expose().to_string()))
             .prefer_socket(false)
             .into();
+        // The agent.
+        let (agent_status, agent_task) = match gates {
+            Some(gates) => {
+                let local = agent::LocalMariaDb::new(
+                    mariadb_opts.clone(),
+                    agent::ReplicationSource {
+                        host: binlog_addr.ip().to_string(),
+                        port: binlog_addr.port(),
+                        user: repl.user.clone(),
+                        password: repl.password.expose().to_string(),
+                    },
+                );
+                let view = AgentView {
+                    handle: handle.clone(),
+                    progress: Arc::clone(&progress),
+                    me: me.id,
+                };
+                let a =
+                    agent::Agent::new(view, local, binlog_addr.port(), gates, AGENT_POLL_INTERVAL);
+                let status = a.status();
+                (Some(status), Some(tokio::spawn(a.run(shutdown_rx.clone()))))
+            }
+            None => (None, None),
+        };
         let state = Arc::new(admin::AdminState {
             cluster: cfg.name.clone(),
             node_name: me.name.clone(),
@@ -227,6 +289,7 @@ impl Server {
             write: Arc::clone(&write_metrics),
             master: master_metrics,
             mariadb: mariadb_opts,
+            agent: agent_status,
         });
         let admin_listen = me.listen_addr(me.admin_port);
         let listener = tokio::net::TcpListener::bind(admin_listen)
@@ -261,6 +324,7 @@ impl Server {
             shutdown,
             write_task,
             admin_task,
+            agent_task,
         })
     }
 
@@ -278,6 +342,10 @@ impl Server {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.write_task).await;
         self.write_task.abort();
+        if let Some(mut t) = self.agent_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut t).await;
+            t.abort();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.admin_task).await;
         self.admin_task.abort();
         if let Some(m) = self.master.take() {

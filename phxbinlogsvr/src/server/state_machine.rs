@@ -122,6 +122,9 @@ pub struct BinlogStateMachine {
     /// Longest time applied instances wait for the store's fsync.
     sync_interval: std::time::Duration,
     last_sync: std::time::Instant,
+    /// Set by the agent: may this node campaign for the lease now? (`None`:
+    /// always.)
+    campaign_gate: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Default of [`BinlogStateMachine::set_sync_interval`].
@@ -203,6 +206,7 @@ impl BinlogStateMachine {
             unsynced: AppliedCounts::default(),
             sync_interval: DEFAULT_SYNC_INTERVAL,
             last_sync: std::time::Instant::now(),
+            campaign_gate: None,
         };
         sm.publish(|_| {});
         sm
@@ -215,6 +219,12 @@ impl BinlogStateMachine {
     /// local replica and the log's compaction.
     pub fn set_sync_interval(&mut self, interval: std::time::Duration) {
         self.sync_interval = interval;
+    }
+
+    /// Campaign for (and renew) the lease only while `gate` is set (the
+    /// agent's verdict: local MariaDB up and caught up with the chosen log).
+    pub fn set_campaign_gate(&mut self, gate: Arc<std::sync::atomic::AtomicBool>) {
+        self.campaign_gate = Some(gate);
     }
 
     /// The shared progress view.
@@ -494,6 +504,12 @@ impl BinlogStateMachine {
 
 impl StateMachine for BinlogStateMachine {
     type Output = ApplyOutcome;
+
+    fn may_campaign(&self) -> bool {
+        self.campaign_gate
+            .as_ref()
+            .is_none_or(|g| g.load(std::sync::atomic::Ordering::Acquire))
+    }
 
     fn apply(&mut self, instance: InstanceId, items: Vec<Vec<u8>>) -> Vec<ApplyOutcome> {
         match self.try_apply(instance, &items) {

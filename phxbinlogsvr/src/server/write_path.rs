@@ -235,6 +235,9 @@ pub struct WritePath {
     acked_upto: Option<GtidPos>,
     /// The first session's rewound start was tried.
     rewind_tried: bool,
+    /// Set by the agent once the local MariaDB is promoted (`None`: no
+    /// agent, the lease alone decides).
+    gate: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The store's GTID position without its last transaction (that domain
@@ -299,7 +302,19 @@ impl WritePath {
             metrics,
             acked_upto: None,
             rewind_tried: false,
+            gate: None,
         }
+    }
+
+    /// Run only while `gate` is set, besides holding the lease.
+    pub fn with_gate(mut self, gate: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Holds the lease and, with an agent, is let through by it.
+    fn may_write(&self) -> bool {
+        self.handle.is_master() && self.gate.as_ref().is_none_or(|g| g.load(Ordering::Acquire))
     }
 
     /// Runs until `shutdown` turns true.
@@ -308,7 +323,7 @@ impl WritePath {
         let mut failures: u32 = 0;
         loop {
             // 1. Wait for the lease.
-            while !self.handle.is_master() {
+            while !self.may_write() {
                 if *shutdown.borrow() {
                     return;
                 }
@@ -455,7 +470,7 @@ impl WritePath {
                             None => return SessionEnd::ReaderGone,
                         },
                         _ = tick.tick() => {
-                            if !self.handle.is_master() {
+                            if !self.may_write() {
                                 return SessionEnd::LostLease;
                             }
                             continue;
@@ -687,7 +702,7 @@ impl WritePath {
                 )));
             }
         }
-        if !self.handle.is_master() {
+        if !self.may_write() {
             return Err(SessionEnd::LostLease);
         }
         let checksum = batch
@@ -770,7 +785,7 @@ impl WritePath {
             .transactions_proposed
             .fetch_add(1, Ordering::Relaxed);
         for value in parts {
-            if !self.handle.is_master() {
+            if !self.may_write() {
                 return Err(SessionEnd::LostLease);
             }
             let (index, last) = (value.index, value.last);

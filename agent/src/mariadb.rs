@@ -1,0 +1,203 @@
+//! The local MariaDB as the agent sees and drives it (administrative
+//! account, plain SQL over TCP).
+
+use binlog::GtidPos;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, Row};
+
+use crate::role::{Action, MariaDbState, ReplicaState};
+
+/// `rpl_semi_sync_master_timeout` of a promoted master: the maximum (ms,
+/// about 49.7 days), so it never falls back to asynchronous replication,
+/// which MariaDB would do silently on a timeout.
+pub const SEMI_SYNC_TIMEOUT_MS: u64 = 4_294_967_295;
+
+/// Errors talking to the local MariaDB.
+#[derive(Debug, thiserror::Error)]
+pub enum MariaDbError {
+    #[error("MariaDB: {0}")]
+    Sql(#[from] mysql_async::Error),
+    #[error("MariaDB returned an unreadable {what}: {value:?}")]
+    Unreadable { what: &'static str, value: String },
+    #[error("{0} is not a MariaDB step")]
+    NotSql(&'static str),
+}
+
+/// Where the local replica replicates from, and as whom.
+#[derive(Clone)]
+pub struct ReplicationSource {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ReplicationSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationSource")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The local MariaDB.
+#[derive(Debug, Clone)]
+pub struct LocalMariaDb {
+    opts: Opts,
+    source: ReplicationSource,
+}
+
+/// A SQL string literal (MariaDB's default escaping: backslash and quote).
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+fn parse_pos(what: &'static str, text: &str) -> Result<GtidPos, MariaDbError> {
+    text.parse().map_err(|_| MariaDbError::Unreadable {
+        what,
+        value: text.to_string(),
+    })
+}
+
+fn column(row: &Row, name: &str) -> Option<String> {
+    let i = row
+        .columns_ref()
+        .iter()
+        .position(|c| c.name_str() == name)?;
+    match row.as_ref(i)? {
+        mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        mysql_async::Value::Int(v) => Some(v.to_string()),
+        mysql_async::Value::UInt(v) => Some(v.to_string()),
+        mysql_async::Value::NULL => None,
+        other => Some(format!("{other:?}")),
+    }
+}
+
+impl LocalMariaDb {
+    /// `opts`: the administrative account on the local MariaDB (over TCP);
+    /// `source`: the local binlog server a replica points at.
+    pub fn new(opts: Opts, source: ReplicationSource) -> Self {
+        LocalMariaDb { opts, source }
+    }
+
+    async fn conn(&self) -> Result<Conn, MariaDbError> {
+        Ok(Conn::new(self.opts.clone()).await?)
+    }
+
+    /// Reads everything the agent decides on.
+    pub async fn observe(&self) -> Result<MariaDbState, MariaDbError> {
+        let mut c = self.conn().await?;
+        let row: Option<(String, String, i64, i64)> = c
+            .query_first(
+                "SELECT @@gtid_binlog_pos, @@gtid_current_pos, @@read_only, \
+                 @@rpl_semi_sync_master_enabled",
+            )
+            .await?;
+        let Some((binlog, current, read_only, semi_sync)) = row else {
+            return Err(MariaDbError::Unreadable {
+                what: "variables row",
+                value: String::new(),
+            });
+        };
+        let waiting: Option<(String, String)> = c
+            .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")
+            .await?;
+        let waiting_commits = match waiting {
+            Some((_, v)) => v.trim().parse().map_err(|_| MariaDbError::Unreadable {
+                what: "Rpl_semi_sync_master_wait_sessions",
+                value: v,
+            })?,
+            None => 0,
+        };
+        let slave: Option<Row> = c.query_first("SHOW SLAVE STATUS").await?;
+        let replica = slave.map(|r| {
+            let errno: u32 = column(&r, "Last_SQL_Errno")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            ReplicaState {
+                master_host: column(&r, "Master_Host").unwrap_or_default(),
+                master_port: column(&r, "Master_Port")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                io_running: column(&r, "Slave_IO_Running").as_deref() == Some("Yes"),
+                sql_running: column(&r, "Slave_SQL_Running").as_deref() == Some("Yes"),
+                sql_error: (errno != 0)
+                    .then(|| (errno, column(&r, "Last_SQL_Error").unwrap_or_default())),
+            }
+        });
+        drop(c.disconnect().await);
+        Ok(MariaDbState {
+            binlog_pos: parse_pos("gtid_binlog_pos", &binlog)?,
+            current_pos: parse_pos("gtid_current_pos", &current)?,
+            read_only: read_only != 0,
+            replica,
+            semi_sync_master: semi_sync != 0,
+            waiting_commits,
+        })
+    }
+
+    /// Carries out one SQL step.
+    pub async fn apply(&self, action: &Action) -> Result<(), MariaDbError> {
+        let sql = match action {
+            Action::SetReadOnly(on) => {
+                format!("SET GLOBAL read_only = {}", if *on { "ON" } else { "OFF" })
+            }
+            Action::StopReplica => "STOP SLAVE".to_string(),
+            Action::StartReplica => "START SLAVE".to_string(),
+            Action::ReplicateFromBinlogServer => {
+                let s = &self.source;
+                // current_pos: a former master's own (chosen) transactions
+                // are in its binlog position, not in gtid_slave_pos.
+                format!(
+                    "STOP SLAVE; CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, \
+                     MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=current_pos, \
+                     MASTER_CONNECT_RETRY=1; START SLAVE",
+                    quote(&s.host),
+                    s.port,
+                    quote(&s.user),
+                    quote(&s.password)
+                )
+            }
+            Action::SetSemiSyncMaster(true) => format!(
+                "SET GLOBAL rpl_semi_sync_master_timeout = {SEMI_SYNC_TIMEOUT_MS}, \
+                 rpl_semi_sync_master_wait_no_slave = ON, \
+                 rpl_semi_sync_master_wait_point = AFTER_SYNC, \
+                 rpl_semi_sync_master_enabled = ON"
+            ),
+            Action::SetSemiSyncMaster(false) => {
+                "SET GLOBAL rpl_semi_sync_master_enabled = OFF".to_string()
+            }
+            Action::OpenWritePath => return Err(MariaDbError::NotSql("OpenWritePath")),
+            Action::CloseWritePath => return Err(MariaDbError::NotSql("CloseWritePath")),
+        };
+        let mut c = self.conn().await?;
+        c.query_drop(sql).await?;
+        drop(c.disconnect().await);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn quoting_escapes_quotes_and_backslashes() {
+        assert_eq!(quote("a'b\\c"), "'a\\'b\\\\c'");
+    }
+}

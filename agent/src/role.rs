@@ -1,0 +1,372 @@
+//! The agent's decisions as a pure state machine: no I/O, no clock.
+//!
+//! [`RoleMachine::decide`] takes one [`Observation`] (who holds the lease,
+//! the chosen log's GTID position, the local MariaDB's state) and returns
+//! the [`Action`]s that move the local MariaDB one step closer to the role
+//! the lease gives this node, plus whether this node may campaign for the
+//! lease. It is level-triggered, like a controller: the same observation
+//! gives the same actions until they took effect, so a failed or lost
+//! action is simply retried on the next observation.
+//!
+//! Promotion (the lease is ours), one step per observation, in this order:
+//! wait until the local MariaDB has applied every chosen GTID; stop its
+//! replication; enable the semi-sync master (with the never-time-out
+//! settings: a commit waits for the binlog server's ACK); open the write
+//! path (the binlog server connects as the semi-sync replica); only then
+//! turn `read_only` off. Demotion (the lease is someone else's, or nobody's)
+//! closes the write path first (no more ACKs), then sets `read_only`; a
+//! MariaDB with commits waiting for an ACK, or holding GTIDs the chosen log
+//! lacks, is not pointed at the binlog server (it needs the restart as a
+//! replica that truncates them, or it is diverged): the node says so and
+//! does not campaign.
+
+use binlog::{Gtid, GtidPos};
+use serde::Serialize;
+
+/// Who holds the master lease, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseView {
+    /// This node, by its own (conservative) clock.
+    Mine,
+    /// Another node.
+    Other(u64),
+    /// Nobody (expired, or never taken).
+    Vacant,
+}
+
+/// The local MariaDB's replication (from `SHOW SLAVE STATUS`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicaState {
+    pub master_host: String,
+    pub master_port: u16,
+    pub io_running: bool,
+    pub sql_running: bool,
+    /// The SQL thread's last error, if any (`Last_SQL_Errno`, `Last_SQL_Error`).
+    pub sql_error: Option<(u32, String)>,
+}
+
+/// What the agent reads from the local MariaDB.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MariaDbState {
+    /// `gtid_binlog_pos`: everything its binary log holds.
+    pub binlog_pos: GtidPos,
+    /// `gtid_current_pos`: everything it applied (own and replicated).
+    pub current_pos: GtidPos,
+    pub read_only: bool,
+    /// `None`: no replication configured.
+    pub replica: Option<ReplicaState>,
+    /// `rpl_semi_sync_master_enabled`.
+    pub semi_sync_master: bool,
+    /// `Rpl_semi_sync_master_wait_sessions`: commits waiting for an ACK.
+    pub waiting_commits: u64,
+}
+
+/// One look at the world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub lease: LeaseView,
+    /// The chosen log's position as this node's store holds it.
+    pub chosen: GtidPos,
+    /// `None`: the local MariaDB does not answer.
+    pub mariadb: Option<MariaDbState>,
+}
+
+/// A step on the local MariaDB or the binlog server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `SET GLOBAL read_only = ...`.
+    SetReadOnly(bool),
+    /// `STOP SLAVE`.
+    StopReplica,
+    /// `STOP SLAVE; CHANGE MASTER TO` the local binlog server with GTID
+    /// (`MASTER_USE_GTID=slave_pos`) and the replication account; `START SLAVE`.
+    ReplicateFromBinlogServer,
+    /// `START SLAVE` (configured already, stopped).
+    StartReplica,
+    /// Semi-sync master on (never falling back to asynchronous) or off.
+    SetSemiSyncMaster(bool),
+    /// Let the binlog server's write path connect and ACK.
+    OpenWritePath,
+    /// Stop the write path: no further ACK.
+    CloseWritePath,
+}
+
+/// The role this node's MariaDB is in, or on the way to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "role", content = "detail", rename_all = "snake_case")]
+pub enum Role {
+    /// Nothing observed yet.
+    Starting,
+    /// The local MariaDB is unreachable.
+    MariaDbDown,
+    /// Read-only, replicating from the local binlog server.
+    Replica,
+    /// Holds the lease, switching the local MariaDB to master; the detail
+    /// names the step waited on.
+    Promoting(String),
+    /// Holds the lease; the local MariaDB takes writes.
+    Master,
+    /// Lost the lease and cannot simply replicate (commits waiting for an
+    /// ACK, or replication failing): the detail says why.
+    Blocked(String),
+    /// The local MariaDB holds a GTID the chosen log lacks: the node does
+    /// not rejoin until an operator rebuilds it.
+    Diverged(String),
+}
+
+/// What [`RoleMachine::decide`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// In order; the agent stops at the first that fails (and decides again).
+    pub actions: Vec<Action>,
+    /// May this node campaign for (or renew) the lease now?
+    pub may_campaign: bool,
+}
+
+/// The first GTID of `local` that `chosen` does not contain (by domain and
+/// sequence number), if any.
+pub fn first_not_chosen(local: &GtidPos, chosen: &GtidPos) -> Option<Gtid> {
+    local.iter().find(|g| !chosen.contains(g))
+}
+
+/// The agent's decision logic (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RoleMachine {
+    role: Role,
+    /// The local binlog server's replication port (where a replica points).
+    binlog_port: u16,
+    write_path_open: bool,
+    /// A local GTID the chosen log lacked, and in how many observations in
+    /// a row: the verdict "diverged" waits for [`DIVERGED_AFTER`] of them,
+    /// since the store's view of the chosen log trails by a sync interval.
+    suspect: Option<(Gtid, u32)>,
+}
+
+/// Observations in a row that must show the same local GTID missing from
+/// the chosen log before the node is declared diverged.
+pub const DIVERGED_AFTER: u32 = 5;
+
+impl RoleMachine {
+    /// A machine for a node whose binlog server serves replicas on
+    /// `binlog_port`; the write path starts closed.
+    pub fn new(binlog_port: u16) -> Self {
+        RoleMachine {
+            role: Role::Starting,
+            binlog_port,
+            write_path_open: false,
+            suspect: None,
+        }
+    }
+
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// Whether the write path may run (as last decided).
+    pub fn write_path_open(&self) -> bool {
+        self.write_path_open
+    }
+
+    /// The next steps for `obs`.
+    pub fn decide(&mut self, obs: &Observation) -> Decision {
+        let mut actions = Vec::new();
+        let Some(db) = &obs.mariadb else {
+            // Without its MariaDB a node can neither take writes nor serve.
+            if self.write_path_open {
+                self.write_path_open = false;
+                actions.push(Action::CloseWritePath);
+            }
+            if !matches!(self.role, Role::Diverged(_)) {
+                self.role = Role::MariaDbDown;
+            }
+            return Decision {
+                actions,
+                may_campaign: false,
+            };
+        };
+        if let Role::Diverged(_) = self.role {
+            // Sticky until an operator rebuilds the node; keep it harmless.
+            if self.write_path_open {
+                self.write_path_open = false;
+                actions.push(Action::CloseWritePath);
+            }
+            if !db.read_only {
+                actions.push(Action::SetReadOnly(true));
+            }
+            return Decision {
+                actions,
+                may_campaign: false,
+            };
+        }
+        match obs.lease {
+            LeaseView::Mine => self.promote(obs, db, actions),
+            LeaseView::Other(_) | LeaseView::Vacant => self.follow(obs, db, actions),
+        }
+    }
+
+    fn promote(
+        &mut self,
+        obs: &Observation,
+        db: &MariaDbState,
+        mut actions: Vec<Action>,
+    ) -> Decision {
+        if self.role == Role::Master && self.write_path_open {
+            // Steady state: keep it lossless and writable.
+            if !db.semi_sync_master {
+                actions.push(Action::SetSemiSyncMaster(true));
+            }
+            if db.read_only {
+                actions.push(Action::SetReadOnly(false));
+            }
+            return Decision {
+                actions,
+                may_campaign: true,
+            };
+        }
+        // 1. Every chosen transaction applied locally.
+        if !db.current_pos.includes(&obs.chosen) {
+            self.role = Role::Promoting(format!(
+                "waiting for the local MariaDB to apply the chosen log: applied {}, chosen {}",
+                db.current_pos, obs.chosen
+            ));
+            if db
+                .replica
+                .as_ref()
+                .is_none_or(|r| !r.io_running || !r.sql_running)
+            {
+                actions.push(self.replication_fix(db));
+            }
+            return Decision {
+                actions,
+                may_campaign: true,
+            };
+        }
+        // Nothing local beyond the chosen log (a former master's leftovers).
+        if self.diverged(db, obs) {
+            return Decision {
+                actions,
+                may_campaign: false,
+            };
+        }
+        // 2. Replication off.
+        if db
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.io_running || r.sql_running)
+        {
+            self.role = Role::Promoting("stopping replication".into());
+            actions.push(Action::StopReplica);
+        }
+        // 3. Lossless semi-sync master.
+        if !db.semi_sync_master {
+            self.role = Role::Promoting("enabling the semi-sync master".into());
+            actions.push(Action::SetSemiSyncMaster(true));
+        }
+        // 4. The write path, before any write can commit.
+        if !self.write_path_open {
+            self.write_path_open = true;
+            actions.push(Action::OpenWritePath);
+        }
+        // 5. Writable.
+        if db.read_only {
+            actions.push(Action::SetReadOnly(false));
+        }
+        self.role = Role::Master;
+        Decision {
+            actions,
+            may_campaign: true,
+        }
+    }
+
+    fn follow(
+        &mut self,
+        obs: &Observation,
+        db: &MariaDbState,
+        mut actions: Vec<Action>,
+    ) -> Decision {
+        // No ACK once the lease is not ours, and no writes.
+        if self.write_path_open {
+            self.write_path_open = false;
+            actions.push(Action::CloseWritePath);
+        }
+        if !db.read_only {
+            actions.push(Action::SetReadOnly(true));
+        }
+        if db.waiting_commits > 0 {
+            self.role = Role::Blocked(format!(
+                "{} commit(s) wait for an ACK that will not come: restart mariadbd as a replica \
+                 (--init-rpl-role=SLAVE) so it rolls them back",
+                db.waiting_commits
+            ));
+            return Decision {
+                actions,
+                may_campaign: false,
+            };
+        }
+        // A replica's binlog only ever holds what the store served it, so
+        // anything beyond the chosen log came from elsewhere.
+        if self.diverged(db, obs) {
+            return Decision {
+                actions,
+                may_campaign: false,
+            };
+        }
+        if db.semi_sync_master {
+            actions.push(Action::SetSemiSyncMaster(false));
+        }
+        let replicating = db
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.master_port == self.binlog_port && r.io_running && r.sql_running);
+        if let Some((errno, error)) = db.replica.as_ref().and_then(|r| r.sql_error.clone()) {
+            self.role = Role::Blocked(format!("replication stopped: error {errno}: {error}"));
+            return Decision {
+                actions,
+                may_campaign: false,
+            };
+        }
+        if !replicating {
+            actions.push(self.replication_fix(db));
+        }
+        self.role = Role::Replica;
+        Decision {
+            actions,
+            may_campaign: replicating && db.current_pos.includes(&obs.chosen),
+        }
+    }
+
+    /// Whether the local binlog holds a GTID the chosen log lacks: a
+    /// suspicion first, the verdict (sticky) once it held for
+    /// [`DIVERGED_AFTER`] observations in a row.
+    fn diverged(&mut self, db: &MariaDbState, obs: &Observation) -> bool {
+        let Some(g) = first_not_chosen(&db.binlog_pos, &obs.chosen) else {
+            self.suspect = None;
+            return false;
+        };
+        let seen = match self.suspect {
+            Some((s, n)) if s == g => n + 1,
+            _ => 1,
+        };
+        self.suspect = Some((g, seen));
+        if seen >= DIVERGED_AFTER {
+            self.role = Role::Diverged(format!(
+                "the local binlog holds {g}, which the chosen log (at {}) does not contain",
+                obs.chosen
+            ));
+        } else {
+            self.role = Role::Blocked(format!(
+                "the local binlog holds {g}, not (yet) in the chosen log at {}",
+                obs.chosen
+            ));
+        }
+        true
+    }
+
+    /// What gets replication from the local binlog server going.
+    fn replication_fix(&self, db: &MariaDbState) -> Action {
+        match &db.replica {
+            Some(r) if r.master_port == self.binlog_port => Action::StartReplica,
+            _ => Action::ReplicateFromBinlogServer,
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The agent's loop: observe, decide ([`RoleMachine`]), act, publish.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use binlog::GtidPos;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::mariadb::LocalMariaDb;
+use crate::role::{Action, LeaseView, Observation, Role, RoleMachine};
+
+/// What the agent needs from the binlog server.
+pub trait ClusterView: Send + Sync + 'static {
+    /// Who holds the lease, as this node sees it.
+    fn lease(&self) -> LeaseView;
+    /// The chosen log's position in this node's store.
+    fn chosen(&self) -> GtidPos;
+}
+
+/// The switches the agent sets for the binlog server.
+#[derive(Debug, Clone, Default)]
+pub struct Gates {
+    /// Read by the Paxos state machine's `may_campaign`.
+    pub may_campaign: Arc<AtomicBool>,
+    /// The write path runs (connects, proposes, ACKs) only while set.
+    pub write_path: Arc<AtomicBool>,
+}
+
+/// The agent as the status API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentStatus {
+    #[serde(flatten)]
+    pub role: Role,
+    pub may_campaign: bool,
+    pub write_path_open: bool,
+    pub mariadb_up: bool,
+    /// The last step that failed, if the latest attempt failed.
+    pub last_error: Option<String>,
+    pub steps_done: u64,
+    pub steps_failed: u64,
+}
+
+impl Default for AgentStatus {
+    fn default() -> Self {
+        AgentStatus {
+            role: Role::Starting,
+            may_campaign: false,
+            write_path_open: false,
+            mariadb_up: false,
+            last_error: None,
+            steps_done: 0,
+            steps_failed: 0,
+        }
+    }
+}
+
+/// The shared status (cheap to clone).
+#[derive(Debug, Clone, Default)]
+pub struct StatusHandle(Arc<Mutex<AgentStatus>>);
+
+impl StatusHandle {
+    pub fn get(&self) -> AgentStatus {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut AgentStatus)) {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// The agent of one node.
+pub struct Agent<V> {
+    view: V,
+    mariadb: LocalMariaDb,
+    machine: RoleMachine,
+    gates: Gates,
+    status: StatusHandle,
+    poll_interval: Duration,
+    steps: AtomicU64,
+}
+
+impl<V: ClusterView> Agent<V> {
+    /// An agent over the binlog server's `view`, driving `mariadb`, whose
+    /// replica points at `binlog_port`; it looks every `poll_interval`.
+    pub fn new(
+        view: V,
+        mariadb: LocalMariaDb,
+        binlog_port: u16,
+        gates: Gates,
+        poll_interval: Duration,
+    ) -> Self {
+        gates.may_campaign.store(false, Ordering::Release);
+        gates.write_path.store(false, Ordering::Release);
+        Agent {
+            view,
+            mariadb,
+            machine: RoleMachine::new(binlog_port),
+            gates,
+            status: StatusHandle::default(),
+            poll_interval,
+            steps: AtomicU64::new(0),
+        }
+    }
+
+    /// The status, updated after every look.
+    pub fn status(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` turns true; closes the write path on the way out.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            self.turn().await;
+        }
+        self.gates.write_path.store(false, Ordering::Release);
+        self.gates.may_campaign.store(false, Ordering::Release);
+    }
+
+    /// One observe-decide-act round.
+    async fn turn(&mut self) {
+        let mariadb = match self.mariadb.observe().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "agent: local MariaDB not readable");
+                None
+            }
+        };
+        let obs = Observation {
+            lease: self.view.lease(),
+            chosen: self.view.chosen(),
+            mariadb,
+        };
+        let before = self.machine.role().clone();
+        let decision = self.machine.decide(&obs);
+        self.gates
+            .may_campaign
+            .store(decision.may_campaign, Ordering::Release);
+        let mut error = None;
+        let mut failed = 0;
+        for action in &decision.actions {
+            let result = match action {
+                Action::OpenWritePath => {
+                    self.gates.write_path.store(true, Ordering::Release);
+                    Ok(())
+                }
+                Action::CloseWritePath => {
+                    self.gates.write_path.store(false, Ordering::Release);
+                    Ok(())
+                }
+                sql => self.mariadb.apply(sql).await,
+            };
+            match result {
+                Ok(()) => {
+                    self.steps.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(?action, "agent: step done");
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(?action, error = %e, "agent: step failed; retrying on the next look");
+                    error = Some(format!("{action:?}: {e}"));
+                    break;
+                }
+            }
+        }
+        let role = self.machine.role().clone();
+        if role != before {
+            match &role {
+                Role::Diverged(why) | Role::Blocked(why) => {
+                    tracing::error!(role = ?role, "agent: {why}")
+                }
+                _ => tracing::info!(from = ?before, to = ?role, "agent: role changed"),
+            }
+        }
+        let steps = self.steps.load(Ordering::Relaxed);
+        let write_open = self.gates.write_path.load(Ordering::Acquire);
+        let up = obs.mariadb.is_some();
+        self.status.update(|s| {
+            s.role = role;
+            s.may_campaign = decision.may_campaign;
+            s.write_path_open = write_open;
+            s.mariadb_up = up;
+            s.last_error = error;
+            s.steps_done = steps;
+            s.steps_failed += failed;
+        });
+    }
+}

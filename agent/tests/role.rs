@@ -1,0 +1,199 @@
+//! The agent's decisions, observation by observation.
+
+#![allow(clippy::unwrap_used)]
+
+use agent::role::{
+    Action, DIVERGED_AFTER, LeaseView, MariaDbState, Observation, ReplicaState, Role, RoleMachine,
+};
+use binlog::GtidPos;
+
+const BINLOG_PORT: u16 = 17001;
+
+fn pos(s: &str) -> GtidPos {
+    s.parse().unwrap()
+}
+
+fn replicating(at: &str) -> MariaDbState {
+    MariaDbState {
+        binlog_pos: pos(at),
+        current_pos: pos(at),
+        read_only: true,
+        replica: Some(ReplicaState {
+            master_host: "127.0.0.1".into(),
+            master_port: BINLOG_PORT,
+            io_running: true,
+            sql_running: true,
+            sql_error: None,
+        }),
+        semi_sync_master: false,
+        waiting_commits: 0,
+    }
+}
+
+fn obs(lease: LeaseView, chosen: &str, db: Option<MariaDbState>) -> Observation {
+    Observation {
+        lease,
+        chosen: pos(chosen),
+        mariadb: db,
+    }
+}
+
+#[test]
+fn a_fresh_node_points_its_mariadb_at_the_binlog_server_then_may_campaign() {
+    let mut m = RoleMachine::new(BINLOG_PORT);
+    let fresh = MariaDbState {
+        read_only: false,
+        ..MariaDbState::default()
+    };
+    let d = m.decide(&obs(LeaseView::Vacant, "", Some(fresh)));
+    assert_eq!(
+        d.actions,
+        vec![Action::SetReadOnly(true), Action::ReplicateFromBinlogServer]
+    );
+    assert!(!d.may_campaign, "not before it replicates");
+    let d = m.decide(&obs(LeaseView::Vacant, "", Some(replicating(""))));
+    assert!(d.actions.is_empty());
+    assert!(d.may_campaign);
+    assert_eq!(m.role(), &Role::Replica);
+}
+
+#[test]
+fn a_lagging_replica_does_not_campaign() {
+    let mut m = RoleMachine::new(BINLOG_PORT);
+    let d = m.decide(&obs(
+        LeaseView::Other(2),
+        "0-1-10",
+        Some(replicating("0-1-9")),
+    ));
+    assert!(!d.may_campaign);
+    let d = m.decide(&obs(
+        LeaseView::Other(2),
+        "0-1-10",
+        Some(replicating("0-1-10")),
+    ));
+    assert!(d.may_campaign);
+}
+
+#[test]
+fn promotion_waits_for_the_chosen_log_then_opens_the_write_path_before_writes() {
+    let mut m = RoleMachine::new(BINLOG_PORT);
+    m.decide(&obs(LeaseView::Vacant, "0-1-5", Some(replicating("0-1-5"))));
+    // Won the lease but the store learned more meanwhile: wait.
+    let d = m.decide(&obs(LeaseView::Mine, "0-1-7", Some(replicating("0-1-6"))));
+    assert!(d.actions.is_empty());
+    assert!(matches!(m.role(), Role::Promoting(_)));
+    assert!(!m.write_path_open());
+    let d = m.decide(&obs(LeaseView::Mine, "0-1-7", Some(replicating("0-1-7"))));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::StopReplica,
+            Action::SetSemiSyncMaster(true),
+            Action::OpenWritePath,
+            Action::SetReadOnly(false),
+        ]
+    );
+    assert_eq!(m.role(), &Role::Master);
+    // Steady: nothing more to do while it stays writable and lossless.
+    let master = MariaDbState {
+        binlog_pos: pos("0-1-9"),
+        current_pos: pos("0-1-9"),
+        read_only: false,
+        replica: None,
+        semi_sync_master: true,
+        waiting_commits: 3,
+    };
+    let d = m.decide(&obs(LeaseView::Mine, "0-1-8", Some(master)));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert!(d.may_campaign);
+}
+
+#[test]
+fn losing_the_lease_closes_the_write_path_first_and_blocks_on_waiting_commits() {
+    let mut m = RoleMachine::new(BINLOG_PORT);
+    m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
+    assert!(m.write_path_open());
+    let stuck = MariaDbState {
+        binlog_pos: pos("0-1-3"),
+        current_pos: pos("0-1-3"),
+        read_only: false,
+        replica: None,
+        semi_sync_master: true,
+        waiting_commits: 1,
+    };
+    let d = m.decide(&obs(LeaseView::Other(3), "0-1-2", Some(stuck)));
+    assert_eq!(
+        d.actions,
+        vec![Action::CloseWritePath, Action::SetReadOnly(true)]
+    );
+    assert!(matches!(m.role(), Role::Blocked(_)));
+    assert!(!d.may_campaign);
+}
+
+#[test]
+fn a_clean_former_master_turns_replica() {
+    let mut m = RoleMachine::new(BINLOG_PORT);
+    m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
+    let clean = MariaDbState {
+        binlog_pos: pos("0-1-3"),
+        current_pos: pos("0-1-3"),
+        read_only: false,
+        replica: None,
+        semi_sync_master: true,
+        waiting_commits: 0,
+    };
+    let d = m.decide(&obs(LeaseView::Vacant, "0-1-3", Some(clean)));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::CloseWritePath,
+            Action::SetReadOnly(true),
+            Action::SetSemiSyncMaster(false),
+            Action::ReplicateFromBinlogServer,
+        ]
+    );
+    assert_eq!(m.role(), &Role::Replica);
+}
+
+#[test]
+fn a_gtid_missing_from_the_chosen_log_is_diverged_only_when_it_persists() {
+    let mut m = RoleMachine::new(BINLOG_PORT);
+    let ahead = replicating("0-9-4");
+    for _ in 1..DIVERGED_AFTER {
+        let d = m.decide(&obs(LeaseView::Other(2), "0-1-3", Some(ahead.clone())));
+        assert!(matches!(m.role(), Role::Blocked(_)), "{:?}", m.role());
+        assert!(!d.may_campaign);
+    }
+    // The store catching up clears a suspicion.
+    m.decide(&obs(LeaseView::Other(2), "0-9-4", Some(ahead.clone())));
+    assert_eq!(m.role(), &Role::Replica);
+    let ahead = replicating("0-9-5");
+    for _ in 0..DIVERGED_AFTER {
+        m.decide(&obs(LeaseView::Other(2), "0-9-4", Some(ahead.clone())));
+    }
+    assert!(matches!(m.role(), Role::Diverged(_)), "{:?}", m.role());
+    // Sticky, even with the lease offered.
+    let d = m.decide(&obs(LeaseView::Mine, "0-9-9", Some(replicating("0-9-9"))));
+    assert!(matches!(m.role(), Role::Diverged(_)));
+    assert!(!d.may_campaign);
+    assert!(!d.actions.contains(&Action::OpenWritePath));
+}
+
+#[test]
+fn a_replication_error_blocks_and_mariadb_down_closes_everything() {
+    let mut m = RoleMachine::new(BINLOG_PORT);
+    let mut broken = replicating("0-1-1");
+    if let Some(r) = broken.replica.as_mut() {
+        r.sql_running = false;
+        r.sql_error = Some((1062, "Duplicate entry".into()));
+    }
+    let d = m.decide(&obs(LeaseView::Other(2), "0-1-2", Some(broken)));
+    assert!(matches!(m.role(), Role::Blocked(_)));
+    assert!(!d.may_campaign);
+    m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
+    assert!(m.write_path_open());
+    let d = m.decide(&obs(LeaseView::Mine, "", None));
+    assert_eq!(d.actions, vec![Action::CloseWritePath]);
+    assert_eq!(m.role(), &Role::MariaDbDown);
+    assert!(!d.may_campaign);
+}

@@ -1,0 +1,236 @@
+//! The agent inside `phxbinlogsvr --agent`, end to end: three real MariaDB
+//! servers that all start alike (as replicas, in replica mode), three binlog
+//! servers that all campaign. The agents pick the roles: the lease holder's
+//! MariaDB is promoted (semi-sync master, writable), the others are made
+//! read-only replicas of their own binlog server. When the master's binlog
+//! server dies, another node takes the lease, promotes its MariaDB and takes
+//! writes; the old one, restarted, turns into a replica.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    ADMIN_PASSWORD, ADMIN_USER, NodePorts, Svr, assert_same_checksums, free_ports, status_json,
+    wait_until, write_config,
+};
+use testkit::mysql_async::prelude::Queryable;
+use testkit::{APP_PASSWORD, APP_USER, MariaDb};
+
+/// Three nodes, every binlog server with `--agent` and campaigning.
+struct AgentCluster {
+    svrs: Vec<Svr>,
+    dbs: Vec<Arc<MariaDb>>,
+    ports: Vec<NodePorts>,
+    _tmp: tempfile::TempDir,
+}
+
+impl AgentCluster {
+    async fn start(name: &str) -> AgentCluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let (m1, m2, m3) = tokio::join!(
+            MariaDb::builder()
+                .name(format!("{name}-n1"))
+                .replica_mode(true)
+                .start(),
+            MariaDb::builder()
+                .name(format!("{name}-n2"))
+                .replica_mode(true)
+                .start(),
+            MariaDb::builder()
+                .name(format!("{name}-n3"))
+                .replica_mode(true)
+                .start(),
+        );
+        let dbs = vec![
+            Arc::new(m1.unwrap()),
+            Arc::new(m2.unwrap()),
+            Arc::new(m3.unwrap()),
+        ];
+        for db in &dbs {
+            db.exec(&format!(
+                "SET sql_log_bin=0; CREATE USER '{ADMIN_USER}'@'%' IDENTIFIED BY '{ADMIN_PASSWORD}'; \
+                 GRANT ALL ON *.* TO '{ADMIN_USER}'@'%'"
+            ))
+            .await
+            .unwrap();
+        }
+        let pv = free_ports(15);
+        let ports: Vec<NodePorts> = pv
+            .chunks(5)
+            .map(|c| NodePorts {
+                paxos: c[0],
+                binlog: c[1],
+                admin: c[2],
+                proxy_rw: c[3],
+                proxy_ro: c[4],
+            })
+            .collect();
+        let cfg = write_config(tmp.path(), &dbs, &ports);
+        let svrs = (1..=3)
+            .map(|n| {
+                Svr::spawn(
+                    &format!("node{n}"),
+                    vec![
+                        "--config".into(),
+                        cfg.display().to_string(),
+                        "--node".into(),
+                        format!("node{n}"),
+                        "--agent".into(),
+                    ],
+                    tmp.path().join(format!("node{n}.log")),
+                )
+            })
+            .collect();
+        AgentCluster {
+            svrs,
+            dbs,
+            ports,
+            _tmp: tmp,
+        }
+    }
+
+    /// The agent's role on node `i` (0-based), if its status answers.
+    async fn role(&self, i: usize) -> Option<String> {
+        let s = status_json(self.ports[i].admin).await?;
+        s["agent"]["role"].as_str().map(str::to_string)
+    }
+
+    /// Waits until exactly one of `among` is master by its agent (the
+    /// others replicas) and returns it.
+    async fn wait_one_master(&self, among: &[usize], timeout: Duration) -> usize {
+        let mut master = None;
+        wait_until("one promoted master", timeout, async || {
+            let mut masters = Vec::new();
+            let mut replicas = 0;
+            for &i in among {
+                match self.role(i).await.as_deref() {
+                    Some("master") => masters.push(i),
+                    Some("replica") => replicas += 1,
+                    _ => {}
+                }
+            }
+            if masters.len() == 1 && masters.len() + replicas == among.len() {
+                master = masters.first().copied();
+                true
+            } else {
+                false
+            }
+        })
+        .await;
+        master.expect("a master")
+    }
+}
+
+async fn read_only(db: &MariaDb) -> bool {
+    db.query_one::<i64>("SELECT @@read_only").await.unwrap() != 0
+}
+
+/// Commits one row as the application user; the commit's result.
+async fn app_insert(db: &MariaDb, id: u64) -> Result<(), testkit::mysql_async::Error> {
+    let mut c = db.conn_as(APP_USER, APP_PASSWORD).await.unwrap();
+    c.query_drop(format!("INSERT INTO test.bank VALUES ({id}, 100)"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_pick_one_master_and_fail_over_when_its_binlog_server_dies() {
+    let t0 = Instant::now();
+    let mut c = AgentCluster::start("agent").await;
+    let all = [0, 1, 2];
+    let m = c.wait_one_master(&all, Duration::from_secs(60)).await;
+    eprintln!("node{} promoted after {:?}", m + 1, t0.elapsed());
+
+    // The master writable, the replicas not (for the application account).
+    for i in all {
+        let want = i != m;
+        wait_until(
+            "read_only set by the agent",
+            Duration::from_secs(10),
+            async || read_only(&c.dbs[i]).await == want,
+        )
+        .await;
+    }
+    c.dbs[m]
+        .exec("CREATE TABLE test.bank (id INT PRIMARY KEY, balance INT NOT NULL)")
+        .await
+        .unwrap();
+    for id in 1..=20 {
+        tokio::time::timeout(Duration::from_secs(20), app_insert(&c.dbs[m], id))
+            .await
+            .expect("a commit on the master returns")
+            .unwrap();
+    }
+    let replica = (m + 1) % 3;
+    let refused = app_insert(&c.dbs[replica], 1000).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("read-only")),
+        "a replica refuses the application's writes: {refused:?}"
+    );
+    let pos = c.dbs[m].gtid_binlog_pos().await.unwrap();
+    for i in all.into_iter().filter(|&i| i != m) {
+        c.dbs[i]
+            .wait_for_gtid(&pos, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    assert_same_checksums(&c.dbs, &["test.bank"]).await;
+
+    // The master's binlog server dies: another node takes over.
+    let t_kill = Instant::now();
+    c.svrs[m].kill();
+    let others: Vec<usize> = all.into_iter().filter(|&i| i != m).collect();
+    let m2 = c.wait_one_master(&others, Duration::from_secs(30)).await;
+    wait_until(
+        "the new master writable",
+        Duration::from_secs(10),
+        async || !read_only(&c.dbs[m2]).await,
+    )
+    .await;
+    for id in 21..=40 {
+        tokio::time::timeout(Duration::from_secs(20), app_insert(&c.dbs[m2], id))
+            .await
+            .expect("a commit on the new master returns")
+            .unwrap();
+        if id == 21 {
+            eprintln!(
+                "node{} took its first write {:?} after node{}'s binlog server was killed",
+                m2 + 1,
+                t_kill.elapsed(),
+                m + 1
+            );
+        }
+    }
+    // The old master restarted: its agent makes it a replica again.
+    c.svrs[m].start();
+    wait_until(
+        "the old master turns replica",
+        Duration::from_secs(30),
+        async || c.role(m).await.as_deref() == Some("replica"),
+    )
+    .await;
+    assert!(read_only(&c.dbs[m]).await);
+    let pos = c.dbs[m2].gtid_binlog_pos().await.unwrap();
+    for i in all.into_iter().filter(|&i| i != m2) {
+        c.dbs[i]
+            .wait_for_gtid(&pos, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("node{} did not reach {pos}: {e}", i + 1));
+    }
+    assert_same_checksums(&c.dbs, &["test.bank"]).await;
+    let rows: i64 = c.dbs[m]
+        .query_one("SELECT COUNT(*) FROM test.bank")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows, 40,
+        "every acknowledged insert is on the old master too"
+    );
+    // Exactly one master at the end.
+    assert_eq!(c.wait_one_master(&all, Duration::from_secs(10)).await, m2);
+}
