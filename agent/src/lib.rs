@@ -10,13 +10,13 @@
 //! * [`Agent`]: the loop that connects them (runs inside `phxbinlogsvr`).
 //!
 //! Not yet here (see docs/architecture.md): starting and restarting
-//! `mariadbd` itself, the restart as a replica that rolls back commits left
-//! waiting for an ACK, and a fresh `server_id` per role.
+//! `mariadbd` itself, and the restart as a replica that rolls back commits
+//! left waiting for an ACK.
 
 pub mod mariadb;
 pub mod role;
 mod runner;
 
 pub use mariadb::{LocalMariaDb, MariaDbError, ReplicationSource};
-pub use role::{LeaseView, Role};
+pub use role::{LeaseView, Role, ServerIds};
 pub use runner::{Agent, AgentStatus, ClusterView, Gates, StatusHandle};

@@ -100,13 +100,13 @@ impl LocalMariaDb {
     /// Reads everything the agent decides on.
     pub async fn observe(&self) -> Result<MariaDbState, MariaDbError> {
         let mut c = self.conn().await?;
-        let row: Option<(String, String, i64, i64)> = c
+        let row: Option<(String, String, i64, i64, u32)> = c
             .query_first(
                 "SELECT @@gtid_binlog_pos, @@gtid_current_pos, @@read_only, \
-                 @@rpl_semi_sync_master_enabled",
+                 @@rpl_semi_sync_master_enabled, @@server_id",
             )
             .await?;
-        let Some((binlog, current, read_only, semi_sync)) = row else {
+        let Some((binlog, current, read_only, semi_sync, server_id)) = row else {
             return Err(MariaDbError::Unreadable {
                 what: "variables row",
                 value: String::new(),
@@ -146,6 +146,7 @@ impl LocalMariaDb {
             replica,
             semi_sync_master: semi_sync != 0,
             waiting_commits,
+            server_id,
         })
     }
 
@@ -155,15 +156,20 @@ impl LocalMariaDb {
             Action::SetReadOnly(on) => {
                 format!("SET GLOBAL read_only = {}", if *on { "ON" } else { "OFF" })
             }
+            Action::SetServerId(id) => format!("SET GLOBAL server_id = {id}"),
             Action::StopReplica => "STOP SLAVE".to_string(),
             Action::StartReplica => "START SLAVE".to_string(),
             Action::ReplicateFromBinlogServer => {
                 let s = &self.source;
-                // current_pos: a former master's own (chosen) transactions
-                // are in its binlog position, not in gtid_slave_pos.
+                // Start after everything the local binlog holds (the agent
+                // checked it is all in the chosen log): a former master's own
+                // transactions are in its binlog position, not in
+                // gtid_slave_pos, and once its server_id changed, not in
+                // gtid_current_pos either.
                 format!(
-                    "STOP SLAVE; CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, \
-                     MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=current_pos, \
+                    "STOP SLAVE; SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos; \
+                     CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, \
+                     MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, \
                      MASTER_CONNECT_RETRY=1; START SLAVE",
                     quote(&s.host),
                     s.port,

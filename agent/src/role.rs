@@ -59,12 +59,16 @@ pub struct MariaDbState {
     pub semi_sync_master: bool,
     /// `Rpl_semi_sync_master_wait_sessions`: commits waiting for an ACK.
     pub waiting_commits: u64,
+    /// `@@server_id`.
+    pub server_id: u32,
 }
 
 /// One look at the world.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     pub lease: LeaseView,
+    /// The lease value's version as this node last applied it.
+    pub lease_version: u64,
     /// The chosen log's position as this node's store holds it.
     pub chosen: GtidPos,
     /// `None`: the local MariaDB does not answer.
@@ -76,10 +80,14 @@ pub struct Observation {
 pub enum Action {
     /// `SET GLOBAL read_only = ...`.
     SetReadOnly(bool),
+    /// `SET GLOBAL server_id = ...`.
+    SetServerId(u32),
     /// `STOP SLAVE`.
     StopReplica,
-    /// `STOP SLAVE; CHANGE MASTER TO` the local binlog server with GTID
-    /// (`MASTER_USE_GTID=slave_pos`) and the replication account; `START SLAVE`.
+    /// `STOP SLAVE`; `gtid_slave_pos` set to the local binlog's position
+    /// (checked to be in the chosen log first); `CHANGE MASTER TO` the local
+    /// binlog server with `MASTER_USE_GTID=slave_pos` and the replication
+    /// account; `START SLAVE`.
     ReplicateFromBinlogServer,
     /// `START SLAVE` (configured already, stopped).
     StartReplica,
@@ -129,10 +137,46 @@ pub fn first_not_chosen(local: &GtidPos, chosen: &GtidPos) -> Option<Gtid> {
     local.iter().find(|g| !chosen.contains(g))
 }
 
+/// The `server_id`s a node's MariaDB takes: a fixed one as a replica, and
+/// a fresh one for every promotion, so that no node ever replicates with
+/// the id of its own past transactions (a replica skips events carrying its
+/// own id: a former master would skip its chosen-but-unacknowledged
+/// transactions, rolled back locally, when they come back). The ranges of
+/// all nodes must not overlap: replicas `base + node id`, masters
+/// `base + MASTER_ID_OFFSET + lease version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerIds {
+    pub replica: u32,
+    /// First id of the masters' range.
+    pub master_base: u32,
+}
+
+/// Where the masters' `server_id` range starts above the cluster's base.
+pub const MASTER_ID_OFFSET: u32 = 1_000_000;
+
+impl ServerIds {
+    /// The ids of node `node_id` in a cluster whose ids start at `base`.
+    pub fn new(base: u32, node_id: u64) -> Self {
+        ServerIds {
+            replica: base.saturating_add((node_id % u64::from(MASTER_ID_OFFSET)) as u32),
+            master_base: base.saturating_add(MASTER_ID_OFFSET),
+        }
+    }
+
+    /// The id of a master promoted under lease version `version`.
+    pub fn master(&self, version: u64) -> u32 {
+        let room = u64::from(u32::MAX - self.master_base).max(1);
+        self.master_base + (version % room) as u32
+    }
+}
+
 /// The agent's decision logic (see the module docs).
 #[derive(Debug, Clone)]
 pub struct RoleMachine {
     role: Role,
+    ids: ServerIds,
+    /// The id taken for the current promotion.
+    promoted_id: Option<u32>,
     /// The local binlog server's replication port (where a replica points).
     binlog_port: u16,
     write_path_open: bool,
@@ -149,9 +193,11 @@ pub const DIVERGED_AFTER: u32 = 5;
 impl RoleMachine {
     /// A machine for a node whose binlog server serves replicas on
     /// `binlog_port`; the write path starts closed.
-    pub fn new(binlog_port: u16) -> Self {
+    pub fn new(binlog_port: u16, ids: ServerIds) -> Self {
         RoleMachine {
             role: Role::Starting,
+            ids,
+            promoted_id: None,
             binlog_port,
             write_path_open: false,
             suspect: None,
@@ -257,6 +303,13 @@ impl RoleMachine {
             self.role = Role::Promoting("stopping replication".into());
             actions.push(Action::StopReplica);
         }
+        // A fresh server_id for this term, before anything is written.
+        let id = *self
+            .promoted_id
+            .get_or_insert_with(|| self.ids.master(obs.lease_version));
+        if db.server_id != id {
+            actions.push(Action::SetServerId(id));
+        }
         // 3. Lossless semi-sync master.
         if !db.semi_sync_master {
             self.role = Role::Promoting("enabling the semi-sync master".into());
@@ -284,6 +337,7 @@ impl RoleMachine {
         db: &MariaDbState,
         mut actions: Vec<Action>,
     ) -> Decision {
+        self.promoted_id = None;
         // No ACK once the lease is not ours, and no writes.
         if self.write_path_open {
             self.write_path_open = false;
@@ -325,7 +379,11 @@ impl RoleMachine {
                 may_campaign: false,
             };
         }
-        if !replicating {
+        if db.server_id != self.ids.replica {
+            // The replication threads take the new id when they restart.
+            actions.push(Action::SetServerId(self.ids.replica));
+            actions.push(Action::ReplicateFromBinlogServer);
+        } else if !replicating {
             actions.push(self.replication_fix(db));
         }
         self.role = Role::Replica;

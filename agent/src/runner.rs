@@ -9,12 +9,14 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::mariadb::LocalMariaDb;
-use crate::role::{Action, LeaseView, Observation, Role, RoleMachine};
+use crate::role::{Action, LeaseView, Observation, Role, RoleMachine, ServerIds};
 
 /// What the agent needs from the binlog server.
 pub trait ClusterView: Send + Sync + 'static {
     /// Who holds the lease, as this node sees it.
     fn lease(&self) -> LeaseView;
+    /// The lease value's version as this node last applied it.
+    fn lease_version(&self) -> u64;
     /// The chosen log's position in this node's store.
     fn chosen(&self) -> GtidPos;
 }
@@ -91,6 +93,7 @@ impl<V: ClusterView> Agent<V> {
         view: V,
         mariadb: LocalMariaDb,
         binlog_port: u16,
+        ids: ServerIds,
         gates: Gates,
         poll_interval: Duration,
     ) -> Self {
@@ -99,7 +102,7 @@ impl<V: ClusterView> Agent<V> {
         Agent {
             view,
             mariadb,
-            machine: RoleMachine::new(binlog_port),
+            machine: RoleMachine::new(binlog_port, ids),
             gates,
             status: StatusHandle::default(),
             poll_interval,
@@ -141,6 +144,7 @@ impl<V: ClusterView> Agent<V> {
         };
         let obs = Observation {
             lease: self.view.lease(),
+            lease_version: self.view.lease_version(),
             chosen: self.view.chosen(),
             mariadb,
         };

@@ -4,10 +4,21 @@
 
 use agent::role::{
     Action, DIVERGED_AFTER, LeaseView, MariaDbState, Observation, ReplicaState, Role, RoleMachine,
+    ServerIds,
 };
 use binlog::GtidPos;
 
 const BINLOG_PORT: u16 = 17001;
+const IDS: ServerIds = ServerIds {
+    replica: 1002,
+    master_base: 1_001_000,
+};
+/// The lease version the observations carry.
+const VERSION: u64 = 7;
+
+fn machine() -> RoleMachine {
+    RoleMachine::new(BINLOG_PORT, IDS)
+}
 
 fn pos(s: &str) -> GtidPos {
     s.parse().unwrap()
@@ -27,12 +38,14 @@ fn replicating(at: &str) -> MariaDbState {
         }),
         semi_sync_master: false,
         waiting_commits: 0,
+        server_id: IDS.replica,
     }
 }
 
 fn obs(lease: LeaseView, chosen: &str, db: Option<MariaDbState>) -> Observation {
     Observation {
         lease,
+        lease_version: VERSION,
         chosen: pos(chosen),
         mariadb: db,
     }
@@ -40,9 +53,10 @@ fn obs(lease: LeaseView, chosen: &str, db: Option<MariaDbState>) -> Observation 
 
 #[test]
 fn a_fresh_node_points_its_mariadb_at_the_binlog_server_then_may_campaign() {
-    let mut m = RoleMachine::new(BINLOG_PORT);
+    let mut m = machine();
     let fresh = MariaDbState {
         read_only: false,
+        server_id: IDS.replica,
         ..MariaDbState::default()
     };
     let d = m.decide(&obs(LeaseView::Vacant, "", Some(fresh)));
@@ -59,7 +73,7 @@ fn a_fresh_node_points_its_mariadb_at_the_binlog_server_then_may_campaign() {
 
 #[test]
 fn a_lagging_replica_does_not_campaign() {
-    let mut m = RoleMachine::new(BINLOG_PORT);
+    let mut m = machine();
     let d = m.decide(&obs(
         LeaseView::Other(2),
         "0-1-10",
@@ -76,7 +90,7 @@ fn a_lagging_replica_does_not_campaign() {
 
 #[test]
 fn promotion_waits_for_the_chosen_log_then_opens_the_write_path_before_writes() {
-    let mut m = RoleMachine::new(BINLOG_PORT);
+    let mut m = machine();
     m.decide(&obs(LeaseView::Vacant, "0-1-5", Some(replicating("0-1-5"))));
     // Won the lease but the store learned more meanwhile: wait.
     let d = m.decide(&obs(LeaseView::Mine, "0-1-7", Some(replicating("0-1-6"))));
@@ -88,6 +102,7 @@ fn promotion_waits_for_the_chosen_log_then_opens_the_write_path_before_writes() 
         d.actions,
         vec![
             Action::StopReplica,
+            Action::SetServerId(IDS.master(VERSION)),
             Action::SetSemiSyncMaster(true),
             Action::OpenWritePath,
             Action::SetReadOnly(false),
@@ -102,6 +117,7 @@ fn promotion_waits_for_the_chosen_log_then_opens_the_write_path_before_writes() 
         replica: None,
         semi_sync_master: true,
         waiting_commits: 3,
+        server_id: IDS.master(VERSION),
     };
     let d = m.decide(&obs(LeaseView::Mine, "0-1-8", Some(master)));
     assert!(d.actions.is_empty(), "{:?}", d.actions);
@@ -110,7 +126,7 @@ fn promotion_waits_for_the_chosen_log_then_opens_the_write_path_before_writes() 
 
 #[test]
 fn losing_the_lease_closes_the_write_path_first_and_blocks_on_waiting_commits() {
-    let mut m = RoleMachine::new(BINLOG_PORT);
+    let mut m = machine();
     m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
     assert!(m.write_path_open());
     let stuck = MariaDbState {
@@ -120,6 +136,7 @@ fn losing_the_lease_closes_the_write_path_first_and_blocks_on_waiting_commits() 
         replica: None,
         semi_sync_master: true,
         waiting_commits: 1,
+        server_id: IDS.master(VERSION),
     };
     let d = m.decide(&obs(LeaseView::Other(3), "0-1-2", Some(stuck)));
     assert_eq!(
@@ -132,7 +149,7 @@ fn losing_the_lease_closes_the_write_path_first_and_blocks_on_waiting_commits() 
 
 #[test]
 fn a_clean_former_master_turns_replica() {
-    let mut m = RoleMachine::new(BINLOG_PORT);
+    let mut m = machine();
     m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
     let clean = MariaDbState {
         binlog_pos: pos("0-1-3"),
@@ -141,6 +158,7 @@ fn a_clean_former_master_turns_replica() {
         replica: None,
         semi_sync_master: true,
         waiting_commits: 0,
+        server_id: IDS.master(VERSION),
     };
     let d = m.decide(&obs(LeaseView::Vacant, "0-1-3", Some(clean)));
     assert_eq!(
@@ -149,6 +167,7 @@ fn a_clean_former_master_turns_replica() {
             Action::CloseWritePath,
             Action::SetReadOnly(true),
             Action::SetSemiSyncMaster(false),
+            Action::SetServerId(IDS.replica),
             Action::ReplicateFromBinlogServer,
         ]
     );
@@ -157,7 +176,7 @@ fn a_clean_former_master_turns_replica() {
 
 #[test]
 fn a_gtid_missing_from_the_chosen_log_is_diverged_only_when_it_persists() {
-    let mut m = RoleMachine::new(BINLOG_PORT);
+    let mut m = machine();
     let ahead = replicating("0-9-4");
     for _ in 1..DIVERGED_AFTER {
         let d = m.decide(&obs(LeaseView::Other(2), "0-1-3", Some(ahead.clone())));
@@ -181,7 +200,7 @@ fn a_gtid_missing_from_the_chosen_log_is_diverged_only_when_it_persists() {
 
 #[test]
 fn a_replication_error_blocks_and_mariadb_down_closes_everything() {
-    let mut m = RoleMachine::new(BINLOG_PORT);
+    let mut m = machine();
     let mut broken = replicating("0-1-1");
     if let Some(r) = broken.replica.as_mut() {
         r.sql_running = false;
@@ -196,4 +215,28 @@ fn a_replication_error_blocks_and_mariadb_down_closes_everything() {
     assert_eq!(d.actions, vec![Action::CloseWritePath]);
     assert_eq!(m.role(), &Role::MariaDbDown);
     assert!(!d.may_campaign);
+}
+
+#[test]
+fn every_promotion_takes_a_fresh_server_id_outside_the_replicas_range() {
+    let ids = ServerIds::new(1000, 3);
+    assert_eq!(ids.replica, 1003);
+    let (a, b) = (ids.master(41), ids.master(42));
+    assert_ne!(a, b);
+    assert!(
+        a > ServerIds::new(1000, 999_999).replica,
+        "no overlap with any replica id"
+    );
+    // A renewal moves the version: the id of a promotion stays put.
+    let mut m = machine();
+    let mut o = obs(LeaseView::Mine, "", Some(replicating("")));
+    m.decide(&o);
+    let mut master = replicating("");
+    master.replica = None;
+    master.read_only = false;
+    master.semi_sync_master = true;
+    master.server_id = IDS.master(VERSION);
+    o.mariadb = Some(master);
+    o.lease_version = VERSION + 1;
+    assert!(m.decide(&o).actions.is_empty());
 }

@@ -215,12 +215,33 @@ async fn agents_pick_one_master_and_fail_over_when_its_binlog_server_dies() {
     )
     .await;
     assert!(read_only(&c.dbs[m]).await);
+    // Server ids: a replica has its node's, each promotion a fresh one, so
+    // no node replicates with the id of its own past transactions.
+    let id = |i: usize| c.dbs[i].query_one::<u32>("SELECT @@server_id");
+    let (id_old, id_new) = (id(m).await.unwrap(), id(m2).await.unwrap());
+    assert_eq!(id_old, 1000 + m as u32 + 1, "the old master's replica id");
+    assert!(id_new > 1_001_000, "a promoted master's id: {id_new}");
     let pos = c.dbs[m2].gtid_binlog_pos().await.unwrap();
     for i in all.into_iter().filter(|&i| i != m2) {
+        if c.dbs[i]
+            .wait_for_gtid(&pos, Duration::from_secs(15))
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "node{} slow: {:?} current_pos {:?} status {}",
+                i + 1,
+                common::slave_status(&c.dbs[i]).await,
+                c.dbs[i].gtid_current_pos().await,
+                status_json(c.ports[i].admin).await.unwrap_or_default()
+            );
+        }
         c.dbs[i]
             .wait_for_gtid(&pos, Duration::from_secs(30))
             .await
-            .unwrap_or_else(|e| panic!("node{} did not reach {pos}: {e}", i + 1));
+            .unwrap_or_else(|e| {
+                panic!("node{} did not reach {pos}: {e}\n{:?}", i + 1, "see below")
+            });
     }
     assert_same_checksums(&c.dbs, &["test.bank"]).await;
     let rows: i64 = c.dbs[m]

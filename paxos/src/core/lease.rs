@@ -22,6 +22,12 @@ impl Core {
     /// The master as this node sees it, with the lease time left. For this node
     /// that is its own (shorter) view; for another node, the time until this node
     /// would start a campaign.
+    /// The version of the lease value this node last applied (it moves on
+    /// every grant and renewal; one version has at most one holder).
+    pub fn lease_version(&self) -> u64 {
+        self.system.lease.version
+    }
+
     pub fn master(&self, now: Time) -> Option<(NodeId, Duration)> {
         if self.is_master(now) {
             let until = self.lease.self_until?;

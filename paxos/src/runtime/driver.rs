@@ -472,6 +472,7 @@ impl<SM: StateMachine> Driver<SM> {
         let counters = self.core.counters();
         let mut p = self.shared.published();
         p.master = master;
+        p.lease_version = self.core.lease_version();
         p.counters = counters;
         p.runtime = self.counters.clone();
     }

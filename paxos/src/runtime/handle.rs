@@ -102,6 +102,8 @@ pub(crate) struct Published {
     /// Step-downs requested through a handle and not yet carried out: while
     /// any is pending this node does not claim to be master.
     pub pending_step_downs: u32,
+    /// The lease value's version as last applied here.
+    pub lease_version: u64,
     pub counters: Counters,
     pub runtime: RuntimeCounters,
 }
@@ -223,6 +225,14 @@ impl<O: Send + 'static> NodeHandle<O> {
         }
         let now = clock::now();
         (now < until).then(|| (node, until - now))
+    }
+
+    /// The version of the lease value as this node last applied it (as of
+    /// the driver's last loop turn). It moves on every grant and renewal,
+    /// and one version has at most one holder: a holder can use the version
+    /// it saw when it took the lease as a cluster-wide unique number.
+    pub fn lease_version(&self) -> u64 {
+        self.shared.published().lease_version
     }
 
     /// Gives up the lease, handing it to `to` (or to nobody). `Ok(None)` if this

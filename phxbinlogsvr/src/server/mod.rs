@@ -107,6 +107,10 @@ struct AgentView {
 }
 
 impl agent::ClusterView for AgentView {
+    fn lease_version(&self) -> u64 {
+        self.handle.lease_version()
+    }
+
     fn lease(&self) -> agent::LeaseView {
         if self.handle.is_master() {
             return agent::LeaseView::Mine;
@@ -272,8 +276,14 @@ impl Server {
                     progress: Arc::clone(&progress),
                     me: me.id,
                 };
-                let a =
-                    agent::Agent::new(view, local, binlog_addr.port(), gates, AGENT_POLL_INTERVAL);
+                let a = agent::Agent::new(
+                    view,
+                    local,
+                    binlog_addr.port(),
+                    agent::ServerIds::new(cfg.mariadb.server_id_base, me.id),
+                    gates,
+                    AGENT_POLL_INTERVAL,
+                );
                 let status = a.status();
                 (Some(status), Some(tokio::spawn(a.run(shutdown_rx.clone()))))
             }
