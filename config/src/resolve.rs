@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(3);
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(2);
 pub(crate) const DEFAULT_DRIFT: f64 = 0.05;
 pub(crate) const DEFAULT_REPLICATION_USER: &str = "phxsql_repl";
 pub(crate) const DEFAULT_ADMIN_USER: &str = "phxsql_admin";

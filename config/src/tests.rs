@@ -97,8 +97,8 @@ fn minimal_file_gets_defaults() {
     assert_eq!(c.cluster_id, 7);
     assert_eq!(c.name, "phxsql");
     assert_eq!(c.source, Path::new(FILE));
-    assert_eq!(c.lease.duration, Duration::from_secs(3));
-    assert_eq!(c.lease.renew_interval, Duration::from_millis(750));
+    assert_eq!(c.lease.duration, Duration::from_secs(2));
+    assert_eq!(c.lease.renew_interval, Duration::from_millis(500));
     assert_eq!(c.lease.drift, 0.05);
     assert_eq!(c.credentials.replication.user, "phxsql_repl");
     assert_eq!(c.credentials.mariadb_admin.user, "phxsql_admin");
@@ -1022,7 +1022,7 @@ fn example_cluster_3_loads() {
             n.data_dir
         );
     }
-    assert_eq!(c.lease.renew_interval, Duration::from_millis(750));
+    assert_eq!(c.lease.renew_interval, Duration::from_millis(500));
     assert_eq!(c.mariadb.options.get("skip_name_resolve"), Some(&None));
 }
 
