@@ -69,6 +69,9 @@ pub struct Observation {
     pub lease: LeaseView,
     /// The lease value's version as this node last applied it.
     pub lease_version: u64,
+    /// A switchover is draining this master: keep it read-only (commits in
+    /// flight still get their ACK) until the lease is handed over.
+    pub draining: bool,
     /// The chosen log's position as this node's store holds it.
     pub chosen: GtidPos,
     /// `None`: the local MariaDB does not answer.
@@ -257,12 +260,13 @@ impl RoleMachine {
         mut actions: Vec<Action>,
     ) -> Decision {
         if self.role == Role::Master && self.write_path_open {
-            // Steady state: keep it lossless and writable.
+            // Steady state: keep it lossless and writable (read-only while
+            // a switchover drains it).
             if !db.semi_sync_master {
                 actions.push(Action::SetSemiSyncMaster(true));
             }
-            if db.read_only {
-                actions.push(Action::SetReadOnly(false));
+            if db.read_only != obs.draining {
+                actions.push(Action::SetReadOnly(obs.draining));
             }
             return Decision {
                 actions,

@@ -28,6 +28,9 @@ pub struct Gates {
     pub may_campaign: Arc<AtomicBool>,
     /// The write path runs (connects, proposes, ACKs) only while set.
     pub write_path: Arc<AtomicBool>,
+    /// Set by a switchover: the master turns read-only while its last
+    /// commits are acknowledged, before it hands the lease over.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// The agent as the status API shows it.
@@ -110,6 +113,16 @@ impl<V: ClusterView> Agent<V> {
         }
     }
 
+    /// The switches it sets (shared).
+    pub fn gates(&self) -> Gates {
+        self.gates.clone()
+    }
+
+    /// The local MariaDB it drives.
+    pub fn mariadb(&self) -> &LocalMariaDb {
+        &self.mariadb
+    }
+
     /// The status, updated after every look.
     pub fn status(&self) -> StatusHandle {
         self.status.clone()
@@ -145,6 +158,7 @@ impl<V: ClusterView> Agent<V> {
         let obs = Observation {
             lease: self.view.lease(),
             lease_version: self.view.lease_version(),
+            draining: self.gates.draining.load(Ordering::Acquire),
             chosen: self.view.chosen(),
             mariadb,
         };

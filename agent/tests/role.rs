@@ -46,6 +46,7 @@ fn obs(lease: LeaseView, chosen: &str, db: Option<MariaDbState>) -> Observation 
     Observation {
         lease,
         lease_version: VERSION,
+        draining: false,
         chosen: pos(chosen),
         mariadb: db,
     }
@@ -239,4 +240,25 @@ fn every_promotion_takes_a_fresh_server_id_outside_the_replicas_range() {
     o.mariadb = Some(master);
     o.lease_version = VERSION + 1;
     assert!(m.decide(&o).actions.is_empty());
+}
+
+#[test]
+fn a_draining_master_turns_read_only_but_keeps_its_write_path() {
+    let mut m = machine();
+    m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
+    let mut master = replicating("0-1-4");
+    master.replica = None;
+    master.read_only = false;
+    master.semi_sync_master = true;
+    master.server_id = IDS.master(VERSION);
+    let mut o = obs(LeaseView::Mine, "0-1-3", Some(master.clone()));
+    o.draining = true;
+    let d = m.decide(&o);
+    assert_eq!(d.actions, vec![Action::SetReadOnly(true)]);
+    assert!(m.write_path_open(), "in-flight commits still get their ACK");
+    // Drain abandoned: writable again.
+    master.read_only = true;
+    o.mariadb = Some(master);
+    o.draining = false;
+    assert_eq!(m.decide(&o).actions, vec![Action::SetReadOnly(false)]);
 }

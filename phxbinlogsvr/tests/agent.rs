@@ -255,3 +255,168 @@ async fn agents_pick_one_master_and_fail_over_when_its_binlog_server_dies() {
     // Exactly one master at the end.
     assert_eq!(c.wait_one_master(&all, Duration::from_secs(10)).await, m2);
 }
+
+/// POST with a JSON body and the test cluster's admin token: (status, body).
+async fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Authorization: Bearer e2e-token\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn switchover_between_every_pair_of_nodes_loses_no_write() {
+    let c = AgentCluster::start("swo").await;
+    let all = [0, 1, 2];
+    let first = c.wait_one_master(&all, Duration::from_secs(60)).await;
+    c.dbs[first]
+        .exec("CREATE TABLE test.bank (id INT PRIMARY KEY, balance INT NOT NULL)")
+        .await
+        .unwrap();
+
+    // A client writing all along to whichever node takes its writes; each
+    // acknowledged id with the time it was acknowledged.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let dbs = c.dbs.clone();
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut acked: Vec<(u64, Instant)> = Vec::new();
+            let mut id = 1u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for db in &dbs {
+                    if app_insert(db, id).await.is_ok() {
+                        acked.push((id, Instant::now()));
+                        id += 1;
+                        break;
+                    }
+                }
+            }
+            acked
+        })
+    };
+    // Unauthenticated or wrong requests change nothing.
+    let (code, _) = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.ports[first].admin))
+            .await
+            .unwrap();
+        let body = r#"{"to":"node1"}"#;
+        s.write_all(
+            format!(
+                "POST /switchover HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let code: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, text)
+    };
+    assert_eq!(code, 401, "no token, no switchover");
+    let (code, body) = http_post(c.ports[first].admin, "/switchover", r#"{"to":"node9"}"#).await;
+    assert_eq!(code, 400, "{body}");
+
+    // Every ordered pair: a -> a+1 -> a+2 -> a -> a+2 -> a+1 -> a.
+    let mut master = first;
+    let mut downtimes = Vec::new();
+    for step in [1, 1, 1, 2, 2, 2] {
+        let to = (master + step) % 3;
+        tokio::time::sleep(Duration::from_millis(300)).await; // writes flow before each switch
+        let t0 = Instant::now();
+        let (code, body) = http_post(
+            c.ports[master].admin,
+            "/switchover",
+            &format!(r#"{{"to":"node{}"}}"#, to + 1),
+        )
+        .await;
+        assert_eq!(
+            code,
+            200,
+            "switchover node{} -> node{}: {body}",
+            master + 1,
+            to + 1
+        );
+        wait_until("the target promoted", Duration::from_secs(30), async || {
+            c.role(to).await.as_deref() == Some("master")
+        })
+        .await;
+        assert_eq!(c.wait_one_master(&all, Duration::from_secs(30)).await, to);
+        eprintln!(
+            "switchover node{} -> node{}: {body}, new master promoted after {:?}",
+            master + 1,
+            to + 1,
+            t0.elapsed()
+        );
+        downtimes.push(t0);
+        master = to;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    // Write downtime of each switchover: the longest gap between two
+    // acknowledged writes from its start to the next one's (printed, not
+    // asserted: bench figures do not belong in assertions).
+    let ends: Vec<Instant> = downtimes
+        .iter()
+        .skip(1)
+        .copied()
+        .chain([Instant::now()])
+        .collect();
+    for (t0, end) in downtimes.into_iter().zip(ends) {
+        let gap = acked
+            .windows(2)
+            .filter(|w| w[1].1 > t0 && w[0].1 < end)
+            .map(|w| w[1].1.duration_since(w[0].1.max(t0)))
+            .max()
+            .unwrap_or_default();
+        eprintln!("write downtime: {} ms", gap.as_millis());
+    }
+    assert!(acked.len() > 20, "writes went on: {}", acked.len());
+    let pos = c.dbs[master].gtid_binlog_pos().await.unwrap();
+    for i in all.into_iter().filter(|&i| i != master) {
+        c.dbs[i]
+            .wait_for_gtid(&pos, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    assert_same_checksums(&c.dbs, &["test.bank"]).await;
+    for db in &c.dbs {
+        let n: i64 = db
+            .query_one("SELECT COUNT(*) FROM test.bank")
+            .await
+            .unwrap();
+        assert_eq!(
+            n as usize,
+            acked.len(),
+            "{}: every acknowledged write",
+            db.name()
+        );
+    }
+    for i in all {
+        let role = c.role(i).await.unwrap();
+        assert_eq!(role, if i == master { "master" } else { "replica" });
+    }
+}

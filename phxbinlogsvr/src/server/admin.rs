@@ -1,7 +1,6 @@
 //! The admin HTTP API (axum): `GET /status`, `/master`, `/members`,
-//! `/metrics`. Read-only for now and unauthenticated (the mutating
-//! endpoints, which will require the `admin_api` bearer token, come with
-//! `phxctl`).
+//! `/metrics` (unauthenticated, read-only), and `POST /switchover`, which
+//! needs the cluster's `admin_api` token as `Authorization: Bearer <token>`.
 //!
 //! `/metrics` is Prometheus text exposition format written by hand: the
 //! counters already live in plain structs (`paxos::NodeCounters`,
@@ -17,9 +16,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use mysql_async::prelude::Queryable;
 use paxos::NodeHandle;
 use serde_json::{Value, json};
@@ -42,9 +42,26 @@ pub struct AdminState {
     pub master: Arc<MasterMetrics>,
     /// Control connection to the local MariaDB (admin account).
     pub mariadb: mysql_async::Opts,
-    /// The agent's status, when it runs.
-    pub agent: Option<agent::StatusHandle>,
+    /// The agent, when it runs.
+    pub agent: Option<AgentControl>,
+    /// The `admin_api` token (mutating endpoints).
+    pub token: String,
+    /// Every voter's id and admin address (a switchover asks its target).
+    pub voters: Vec<(u64, String)>,
 }
+
+/// What the switchover needs of the agent.
+#[derive(Debug, Clone)]
+pub struct AgentControl {
+    pub status: agent::StatusHandle,
+    pub gates: agent::Gates,
+    pub mariadb: agent::LocalMariaDb,
+}
+
+/// Longest time a switchover waits for the master to drain (its last
+/// commits acknowledged) and the target to be caught up, before it gives
+/// up and lets writes resume.
+pub const SWITCHOVER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AdminState {
     fn name_of(&self, id: u64) -> Option<&str> {
@@ -62,6 +79,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/master", get(master))
         .route("/members", get(members))
         .route("/metrics", get(metrics))
+        .route("/switchover", post(switchover))
         .with_state(state)
 }
 
@@ -137,7 +155,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Response {
             "gtid_current_pos": mariadb_pos,
             "error": mariadb_error,
         },
-        "agent": s.agent.as_ref().map(|a| a.get()),
+        "agent": s.agent.as_ref().map(|a| a.status.get()),
     }))
     .into_response()
 }
@@ -383,4 +401,133 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         render_metrics(&s),
     )
         .into_response()
+}
+
+/// Whether `headers` carry the admin token (compared in constant time).
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(code: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (code, Json(json!({"error": msg.to_string()}))).into_response()
+}
+
+/// `POST /switchover {"to": "<node name or id>"}`.
+#[derive(Debug, serde::Deserialize)]
+struct SwitchoverRequest {
+    to: String,
+}
+
+/// Whether the node with admin address `addr` says it may campaign (its
+/// MariaDB is up and caught up with the chosen log).
+async fn peer_ready(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: phxsql\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        let v: Value = serde_json::from_str(body).ok()?;
+        Some(v["agent"]["may_campaign"] == true)
+    };
+    tokio::time::timeout(Duration::from_millis(500), get)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Planned switchover, run on the master: turn read-only, wait until every
+/// commit in flight is acknowledged (chosen) and the target has applied the
+/// chosen log, then hand the lease to the target. Writes stop for about as
+/// long as that takes; if it cannot be done within
+/// [`SWITCHOVER_DRAIN_TIMEOUT`] the master turns writable again.
+async fn switchover(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Json(req): Json<SwitchoverRequest>,
+) -> Response {
+    if !authorized(&headers, &s.token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    }
+    let Some(ctl) = &s.agent else {
+        return error(
+            StatusCode::CONFLICT,
+            "switchover needs the agent (phxbinlogsvr --agent)",
+        );
+    };
+    if !s.handle.is_master() {
+        let master = s.handle.master().and_then(|(id, _)| s.name_of(id));
+        return error(
+            StatusCode::CONFLICT,
+            format!("this node is not the master (master: {master:?}); ask the master"),
+        );
+    }
+    let target = s
+        .voters
+        .iter()
+        .find(|(id, _)| s.name_of(*id) == Some(req.to.as_str()) || id.to_string() == req.to);
+    let Some((to, to_admin)) = target.cloned() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is no voting node of this cluster", req.to),
+        );
+    };
+    if to == s.node_id {
+        return error(StatusCode::BAD_REQUEST, "this node is the master already");
+    }
+    let t0 = std::time::Instant::now();
+    ctl.gates.draining.store(true, Ordering::Release);
+    let drained = loop {
+        if t0.elapsed() > SWITCHOVER_DRAIN_TIMEOUT {
+            break Err(format!(
+                "not drained within {SWITCHOVER_DRAIN_TIMEOUT:?} (commits still waiting, or the target not caught up)"
+            ));
+        }
+        if !s.handle.is_master() {
+            break Err("lost the lease while draining".to_string());
+        }
+        if let Ok(db) = ctl.mariadb.observe().await
+            && db.read_only
+            && db.waiting_commits == 0
+            && s.progress.snapshot().pos.includes(&db.binlog_pos)
+            && peer_ready(&to_admin).await
+        {
+            break Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    if let Err(why) = drained {
+        ctl.gates.draining.store(false, Ordering::Release);
+        tracing::warn!(to, %why, "switchover abandoned; writes resume");
+        return error(StatusCode::SERVICE_UNAVAILABLE, why);
+    }
+    let drained_ms = t0.elapsed().as_millis() as u64;
+    let result = s.handle.step_down(Some(to)).await;
+    ctl.gates.draining.store(false, Ordering::Release);
+    match result {
+        Ok(at) => {
+            tracing::info!(to, drained_ms, ?at, "switchover: lease handed over");
+            Json(json!({
+                "from": s.node_name,
+                "to": s.name_of(to),
+                "drained_ms": drained_ms,
+                "instance": at,
+            }))
+            .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
 }

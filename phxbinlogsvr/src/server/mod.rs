@@ -284,8 +284,15 @@ impl Server {
                     gates,
                     AGENT_POLL_INTERVAL,
                 );
-                let status = a.status();
-                (Some(status), Some(tokio::spawn(a.run(shutdown_rx.clone()))))
+                let control = admin::AgentControl {
+                    status: a.status(),
+                    gates: a.gates(),
+                    mariadb: a.mariadb().clone(),
+                };
+                (
+                    Some(control),
+                    Some(tokio::spawn(a.run(shutdown_rx.clone()))),
+                )
             }
             None => (None, None),
         };
@@ -300,6 +307,13 @@ impl Server {
             master: master_metrics,
             mariadb: mariadb_opts,
             agent: agent_status,
+            token: cfg.credentials.admin_token.expose().to_string(),
+            voters: cfg
+                .nodes
+                .iter()
+                .filter(|n| n.is_voter())
+                .map(|n| (n.id, format!("{}:{}", n.host, n.admin_port)))
+                .collect(),
         });
         let admin_listen = me.listen_addr(me.admin_port);
         let listener = tokio::net::TcpListener::bind(admin_listen)
