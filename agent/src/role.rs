@@ -239,7 +239,7 @@ impl RoleMachine {
                 self.write_path_open = false;
                 actions.push(Action::CloseWritePath);
             }
-            if !db.read_only {
+            if !db.read_only && db.waiting_commits == 0 {
                 actions.push(Action::SetReadOnly(true));
             }
             return Decision {
@@ -347,10 +347,11 @@ impl RoleMachine {
             self.write_path_open = false;
             actions.push(Action::CloseWritePath);
         }
-        if !db.read_only {
-            actions.push(Action::SetReadOnly(true));
-        }
         if db.waiting_commits > 0 {
+            // Not even read_only: `SET GLOBAL read_only=ON` waits for the
+            // commits in progress, and these never finish. They are never
+            // acknowledged either (the write path is closed), and every new
+            // commit joins them, so nothing can commit here meanwhile.
             self.role = Role::Blocked(format!(
                 "{} commit(s) wait for an ACK that will not come: restart mariadbd as a replica \
                  (--init-rpl-role=SLAVE) so it rolls them back",
@@ -360,6 +361,9 @@ impl RoleMachine {
                 actions,
                 may_campaign: false,
             };
+        }
+        if !db.read_only {
+            actions.push(Action::SetReadOnly(true));
         }
         // A replica's binlog only ever holds what the store served it, so
         // anything beyond the chosen log came from elsewhere.
@@ -376,6 +380,19 @@ impl RoleMachine {
             .replica
             .as_ref()
             .is_some_and(|r| r.master_port == self.binlog_port && r.io_running && r.sql_running);
+        if db.server_id != self.ids.replica {
+            // A former master, or a mariadbd (re)started: whatever its
+            // replication state says is stale. Point it at the binlog
+            // server afresh, after its own binlog (checked above to be in
+            // the chosen log); the threads take the new id when they start.
+            actions.push(Action::SetServerId(self.ids.replica));
+            actions.push(Action::ReplicateFromBinlogServer);
+            self.role = Role::Replica;
+            return Decision {
+                actions,
+                may_campaign: false,
+            };
+        }
         if let Some((errno, error)) = db.replica.as_ref().and_then(|r| r.sql_error.clone()) {
             self.role = Role::Blocked(format!("replication stopped: error {errno}: {error}"));
             return Decision {
@@ -383,11 +400,7 @@ impl RoleMachine {
                 may_campaign: false,
             };
         }
-        if db.server_id != self.ids.replica {
-            // The replication threads take the new id when they restart.
-            actions.push(Action::SetServerId(self.ids.replica));
-            actions.push(Action::ReplicateFromBinlogServer);
-        } else if !replicating {
+        if !replicating {
             actions.push(self.replication_fix(db));
         }
         self.role = Role::Replica;

@@ -11,6 +11,13 @@ use tokio::sync::watch;
 use crate::mariadb::LocalMariaDb;
 use crate::role::{Action, LeaseView, Observation, Role, RoleMachine, ServerIds};
 
+/// Longest wait for the local MariaDB's state; past it, it counts as down.
+pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait for one step; past it, the step counts as failed (and the
+/// loop goes on looking).
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the agent needs from the binlog server.
 pub trait ClusterView: Send + Sync + 'static {
     /// Who holds the lease, as this node sees it.
@@ -148,10 +155,14 @@ impl<V: ClusterView> Agent<V> {
 
     /// One observe-decide-act round.
     async fn turn(&mut self) {
-        let mariadb = match self.mariadb.observe().await {
-            Ok(s) => Some(s),
-            Err(e) => {
+        let mariadb = match tokio::time::timeout(OBSERVE_TIMEOUT, self.mariadb.observe()).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "agent: local MariaDB not readable");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("agent: local MariaDB did not answer within {OBSERVE_TIMEOUT:?}");
                 None
             }
         };
@@ -179,7 +190,10 @@ impl<V: ClusterView> Agent<V> {
                     self.gates.write_path.store(false, Ordering::Release);
                     Ok(())
                 }
-                sql => self.mariadb.apply(sql).await,
+                sql => match tokio::time::timeout(STEP_TIMEOUT, self.mariadb.apply(sql)).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {STEP_TIMEOUT:?}")),
+                },
             };
             match result {
                 Ok(()) => {

@@ -203,9 +203,24 @@ async fn main() -> Result<()> {
     };
     let dbs: Vec<Arc<MariaDb>> = {
         let (a, b, c) = tokio::join!(
-            MariaDb::builder().name("fo-n1").replica_mode(true).start(),
-            MariaDb::builder().name("fo-n2").replica_mode(true).start(),
-            MariaDb::builder().name("fo-n3").replica_mode(true).start(),
+            MariaDb::builder()
+                .name("fo-n1")
+                .replica_mode(true)
+                .option("read_only", "ON")
+                .arg("--skip-slave-start")
+                .start(),
+            MariaDb::builder()
+                .name("fo-n2")
+                .replica_mode(true)
+                .option("read_only", "ON")
+                .arg("--skip-slave-start")
+                .start(),
+            MariaDb::builder()
+                .name("fo-n3")
+                .replica_mode(true)
+                .option("read_only", "ON")
+                .arg("--skip-slave-start")
+                .start(),
         );
         vec![Arc::new(a?), Arc::new(b?), Arc::new(c?)]
     };

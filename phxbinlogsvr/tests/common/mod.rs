@@ -88,6 +88,22 @@ impl Svr {
         self.child = Some(child);
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") with kill(1).
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let ok = Command::new("kill")
+                .args([format!("-{signal}"), pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -{signal} {pid}");
+        }
+    }
+
     /// SIGKILL, and reap it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
