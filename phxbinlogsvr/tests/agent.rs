@@ -34,6 +34,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl AgentCluster {
     async fn start(name: &str) -> AgentCluster {
+        AgentCluster::start_with_env(name, &[]).await
+    }
+
+    /// Every binlog server with the environment `env` (until changed).
+    async fn start_with_env(name: &str, env: &[(&str, &str)]) -> AgentCluster {
         let serial = SERIAL.lock().await;
         let tmp = tempfile::tempdir().unwrap();
         let (m1, m2, m3) = tokio::join!(
@@ -83,7 +88,7 @@ impl AgentCluster {
         let cfg = write_config(tmp.path(), &dbs, &ports);
         let svrs = (1..=3)
             .map(|n| {
-                Svr::spawn(
+                Svr::spawn_with_env(
                     &format!("node{n}"),
                     vec![
                         "--config".into(),
@@ -93,6 +98,9 @@ impl AgentCluster {
                         "--agent".into(),
                     ],
                     tmp.path().join(format!("node{n}.log")),
+                    env.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
                 )
             })
             .collect();
@@ -733,4 +741,81 @@ async fn kill_9_of_the_master_node_under_a_bank_workload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigstop_of_the_master_node_beyond_the_lease_under_a_bank_workload() {
     fault_under_bank_workload(Fault::StopAll).await;
+}
+
+/// The design brief's server_id trap: the master's binlog server dies after
+/// a transaction is chosen and before its ACK. The new master has it (it is
+/// chosen); the old master's MariaDB, restarted as a replica, rolls it back
+/// (never acknowledged) and must then get it back through replication,
+/// which it would skip if it still had the server_id it wrote it with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_dying_between_the_choice_and_the_ack_loses_nothing() {
+    // Every binlog server aborts before acknowledging its 3rd value (only
+    // the master's write path has values): the CREATE TABLE, id 1, then id 2.
+    let mut c = AgentCluster::start_with_env(
+        "trap",
+        &[(phxbinlogsvr::server::write_path::CRASH_BEFORE_ACK_ENV, "3")],
+    )
+    .await;
+    for s in &mut c.svrs {
+        s.env.clear(); // restarts run without it
+    }
+    let all = [0, 1, 2];
+    let m = c.wait_one_master(&all, Duration::from_secs(60)).await;
+    let old_id: u32 = c.dbs[m].query_one("SELECT @@server_id").await.unwrap();
+    c.dbs[m]
+        .exec("CREATE TABLE test.bank (id INT PRIMARY KEY, balance INT NOT NULL)")
+        .await
+        .unwrap();
+    app_insert(&c.dbs[m], 1).await.unwrap();
+    // Chosen, never acknowledged: the commit does not return.
+    let hung = tokio::time::timeout(Duration::from_secs(3), app_insert(&c.dbs[m], 2)).await;
+    assert!(hung.is_err(), "the commit must not return without its ACK");
+    wait_until(
+        "the master's binlog server aborted",
+        Duration::from_secs(10),
+        async || !c.svrs[m].is_running(),
+    )
+    .await;
+    c.dbs[m].kill9().await.unwrap();
+
+    let others: Vec<usize> = all.into_iter().filter(|&i| i != m).collect();
+    let m2 = c.wait_one_master(&others, Duration::from_secs(30)).await;
+    let on_new: i64 = c.dbs[m2]
+        .query_one("SELECT COUNT(*) FROM test.bank WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(on_new, 1, "the chosen transaction is on the new master");
+    app_insert(&c.dbs[m2], 3).await.unwrap();
+
+    // The old node back: MariaDB as a replica (it rolls id 2 back), then
+    // its binlog server; the agent gives it its replica server_id.
+    c.dbs[m].start_again().await.unwrap();
+    c.svrs[m].start();
+    wait_until(
+        "the old master rejoins",
+        Duration::from_secs(60),
+        async || c.role(m).await.as_deref() == Some("replica"),
+    )
+    .await;
+    let new_id: u32 = c.dbs[m].query_one("SELECT @@server_id").await.unwrap();
+    assert_ne!(
+        new_id, old_id,
+        "a replica never keeps the id it wrote with as master"
+    );
+    let pos = c.dbs[m2].gtid_binlog_pos().await.unwrap();
+    for i in others.iter().copied().filter(|&i| i != m2).chain([m]) {
+        c.dbs[i]
+            .wait_for_gtid(&pos, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("node{} did not reach {pos}: {e}", i + 1));
+    }
+    for db in &c.dbs {
+        let ids: Vec<i64> = db
+            .query_rows("SELECT id FROM test.bank ORDER BY id")
+            .await
+            .unwrap();
+        assert_eq!(ids, vec![1, 2, 3], "{}", db.name());
+    }
+    assert_same_checksums(&c.dbs, &["test.bank"]).await;
 }

@@ -278,6 +278,29 @@ fn rewound_position(reader: &StoreReader) -> Option<GtidPos> {
     Some(pos)
 }
 
+/// Environment variable of the test crash point: `N` makes the process
+/// abort when it is about to acknowledge the N-th value this process saw
+/// chosen and applied, i.e. after the choice and before the ACK (the design
+/// brief's server_id trap is tested with it). Unset in production.
+pub const CRASH_BEFORE_ACK_ENV: &str = "PHXBINLOGSVR_CRASH_BEFORE_ACK";
+
+/// Aborts the process at the [`CRASH_BEFORE_ACK_ENV`] point, if set.
+fn crash_point_before_ack(applied: u64) {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var(CRASH_BEFORE_ACK_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if *at == Some(applied) {
+        tracing::error!(
+            applied,
+            "{CRASH_BEFORE_ACK_ENV}: aborting after the choice, before the ACK"
+        );
+        std::process::abort();
+    }
+}
+
 /// Default of [`WritePathConfig::max_inflight`].
 pub const DEFAULT_MAX_INFLIGHT: usize = 8;
 
@@ -621,6 +644,7 @@ impl WritePath {
                 let Some(last) = done.batch.last() else {
                     return Ok(());
                 };
+                crash_point_before_ack(self.metrics.proposals_applied.load(Ordering::Relaxed));
                 // Chosen and applied: acknowledge it (an ACK at a position
                 // releases every commit waiting at or before it).
                 acker.ack_position(&last.end).await?;

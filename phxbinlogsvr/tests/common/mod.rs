@@ -51,6 +51,8 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 /// A `phxbinlogsvr` process, killed on drop.
 pub struct Svr {
     pub name: String,
+    /// Extra environment of the next starts.
+    pub env: Vec<(String, String)>,
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
@@ -58,8 +60,20 @@ pub struct Svr {
 
 impl Svr {
     pub fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Svr {
+        Svr::spawn_with_env(name, args, log, Vec::new())
+    }
+
+    /// [`Svr::spawn`] with extra environment variables (kept for restarts
+    /// until `env` is changed).
+    pub fn spawn_with_env(
+        name: &str,
+        args: Vec<String>,
+        log: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Svr {
         let mut s = Svr {
             name: name.into(),
+            env,
             args,
             log,
             child: None,
@@ -80,6 +94,7 @@ impl Svr {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
