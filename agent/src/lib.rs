@@ -16,7 +16,9 @@
 pub mod mariadb;
 pub mod role;
 mod runner;
+pub mod supervisor;
 
 pub use mariadb::{LocalMariaDb, MariaDbError, ReplicationSource};
 pub use role::{LeaseView, Role, ServerIds};
 pub use runner::{Agent, AgentStatus, ClusterView, Gates, StatusHandle};
+pub use supervisor::{LaunchConfig, Supervisor};

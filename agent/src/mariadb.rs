@@ -50,7 +50,7 @@ pub struct LocalMariaDb {
 }
 
 /// A SQL string literal (MariaDB's default escaping: backslash and quote).
-fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
     for c in s.chars() {
@@ -158,7 +158,6 @@ impl LocalMariaDb {
             }
             Action::SetServerId(id) => format!("SET GLOBAL server_id = {id}"),
             Action::StopReplica => "STOP SLAVE".to_string(),
-            Action::StartReplica => "START SLAVE".to_string(),
             Action::ReplicateFromBinlogServer => {
                 let s = &self.source;
                 // Start after everything the local binlog holds (the agent
@@ -188,6 +187,7 @@ impl LocalMariaDb {
             }
             Action::OpenWritePath => return Err(MariaDbError::NotSql("OpenWritePath")),
             Action::CloseWritePath => return Err(MariaDbError::NotSql("CloseWritePath")),
+            Action::RestartMariaDb => return Err(MariaDbError::NotSql("RestartMariaDb")),
         };
         let mut c = self.conn().await?;
         c.query_drop(sql).await?;

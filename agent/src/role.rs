@@ -50,7 +50,8 @@ pub struct ReplicaState {
 pub struct MariaDbState {
     /// `gtid_binlog_pos`: everything its binary log holds.
     pub binlog_pos: GtidPos,
-    /// `gtid_current_pos`: everything it applied (own and replicated).
+    /// `gtid_current_pos` (for the status; decisions use `binlog_pos`,
+    /// which every node has with `log_slave_updates`).
     pub current_pos: GtidPos,
     pub read_only: bool,
     /// `None`: no replication configured.
@@ -92,14 +93,15 @@ pub enum Action {
     /// binlog server with `MASTER_USE_GTID=slave_pos` and the replication
     /// account; `START SLAVE`.
     ReplicateFromBinlogServer,
-    /// `START SLAVE` (configured already, stopped).
-    StartReplica,
     /// Semi-sync master on (never falling back to asynchronous) or off.
     SetSemiSyncMaster(bool),
     /// Let the binlog server's write path connect and ACK.
     OpenWritePath,
     /// Stop the write path: no further ACK.
     CloseWritePath,
+    /// Kill and restart the supervised `mariadbd` as a replica (it rolls
+    /// back the commits left waiting for an ACK).
+    RestartMariaDb,
 }
 
 /// The role this node's MariaDB is in, or on the way to.
@@ -154,6 +156,11 @@ pub struct ServerIds {
     pub master_base: u32,
 }
 
+/// Looks a lease holder may wait for its MariaDB to catch up before it
+/// stops renewing, so that a node that cannot catch up does not keep the
+/// lease (and the cluster without a master) forever.
+pub const PROMOTION_PATIENCE_LOOKS: u32 = 50;
+
 /// Where the masters' `server_id` range starts above the cluster's base.
 pub const MASTER_ID_OFFSET: u32 = 1_000_000;
 
@@ -180,6 +187,11 @@ pub struct RoleMachine {
     ids: ServerIds,
     /// The id taken for the current promotion.
     promoted_id: Option<u32>,
+    /// The agent runs `mariadbd` itself (and may restart it).
+    supervised: bool,
+    /// Looks in a row spent holding the lease and waiting for the local
+    /// MariaDB to catch up.
+    waiting_looks: u32,
     /// The local binlog server's replication port (where a replica points).
     binlog_port: u16,
     write_path_open: bool,
@@ -201,10 +213,19 @@ impl RoleMachine {
             role: Role::Starting,
             ids,
             promoted_id: None,
+            supervised: false,
+            waiting_looks: 0,
             binlog_port,
             write_path_open: false,
             suspect: None,
         }
+    }
+
+    /// The agent supervises `mariadbd`: a demoted master with commits
+    /// waiting for an ACK gets restarted as a replica.
+    pub fn supervised(mut self) -> Self {
+        self.supervised = true;
+        self
     }
 
     pub fn role(&self) -> &Role {
@@ -273,13 +294,21 @@ impl RoleMachine {
                 may_campaign: true,
             };
         }
-        // 1. Every chosen transaction applied locally.
-        if !db.current_pos.includes(&obs.chosen) {
+        // 1. Every chosen transaction applied locally. (The binlog holds
+        // everything applied, own and replicated, whatever the server_id;
+        // gtid_current_pos forgets a former master's own transactions once
+        // its server_id changes.)
+        if !db.binlog_pos.includes(&obs.chosen) {
+            self.waiting_looks = self.waiting_looks.saturating_add(1);
             self.role = Role::Promoting(format!(
                 "waiting for the local MariaDB to apply the chosen log: applied {}, chosen {}",
-                db.current_pos, obs.chosen
+                db.binlog_pos, obs.chosen
             ));
-            if db
+            if db.server_id != self.ids.replica {
+                // Restarted (or a master's leftover state): re-point it.
+                actions.push(Action::SetServerId(self.ids.replica));
+                actions.push(Action::ReplicateFromBinlogServer);
+            } else if db
                 .replica
                 .as_ref()
                 .is_none_or(|r| !r.io_running || !r.sql_running)
@@ -288,9 +317,10 @@ impl RoleMachine {
             }
             return Decision {
                 actions,
-                may_campaign: true,
+                may_campaign: self.waiting_looks <= PROMOTION_PATIENCE_LOOKS,
             };
         }
+        self.waiting_looks = 0;
         // Nothing local beyond the chosen log (a former master's leftovers).
         if self.diverged(db, obs) {
             return Decision {
@@ -342,6 +372,7 @@ impl RoleMachine {
         mut actions: Vec<Action>,
     ) -> Decision {
         self.promoted_id = None;
+        self.waiting_looks = 0;
         // No ACK once the lease is not ours, and no writes.
         if self.write_path_open {
             self.write_path_open = false;
@@ -357,6 +388,9 @@ impl RoleMachine {
                  (--init-rpl-role=SLAVE) so it rolls them back",
                 db.waiting_commits
             ));
+            if self.supervised {
+                actions.push(Action::RestartMariaDb);
+            }
             return Decision {
                 actions,
                 may_campaign: false,
@@ -406,7 +440,7 @@ impl RoleMachine {
         self.role = Role::Replica;
         Decision {
             actions,
-            may_campaign: replicating && db.current_pos.includes(&obs.chosen),
+            may_campaign: replicating && db.binlog_pos.includes(&obs.chosen),
         }
     }
 
@@ -437,11 +471,11 @@ impl RoleMachine {
         true
     }
 
-    /// What gets replication from the local binlog server going.
-    fn replication_fix(&self, db: &MariaDbState) -> Action {
-        match &db.replica {
-            Some(r) if r.master_port == self.binlog_port => Action::StartReplica,
-            _ => Action::ReplicateFromBinlogServer,
-        }
+    /// What gets replication from the local binlog server going: always
+    /// re-pointed from the local binlog's position, never a bare `START
+    /// SLAVE` (the replication state of a restarted or former master is
+    /// stale, and the binlog holds exactly what was applied).
+    fn replication_fix(&self, _db: &MariaDbState) -> Action {
+        Action::ReplicateFromBinlogServer
     }
 }

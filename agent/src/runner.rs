@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::mariadb::LocalMariaDb;
 use crate::role::{Action, LeaseView, Observation, Role, RoleMachine, ServerIds};
+use crate::supervisor::Supervisor;
 
 /// Longest wait for the local MariaDB's state; past it, it counts as down.
 pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -94,7 +95,13 @@ pub struct Agent<V> {
     status: StatusHandle,
     poll_interval: Duration,
     steps: AtomicU64,
+    supervisor: Option<Arc<Supervisor>>,
+    /// When the supervised `mariadbd` was last started.
+    last_start: Option<std::time::Instant>,
 }
+
+/// Shortest time between two starts of the supervised `mariadbd`.
+pub const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
 impl<V: ClusterView> Agent<V> {
     /// An agent over the binlog server's `view`, driving `mariadb`, whose
@@ -117,7 +124,18 @@ impl<V: ClusterView> Agent<V> {
             status: StatusHandle::default(),
             poll_interval,
             steps: AtomicU64::new(0),
+            supervisor: None,
+            last_start: None,
         }
+    }
+
+    /// Runs `mariadbd` under this agent: started (as a replica) when it is
+    /// not running, restarted to roll back commits a demoted master left
+    /// waiting, stopped when the agent stops.
+    pub fn with_supervisor(mut self, supervisor: Arc<Supervisor>) -> Self {
+        self.machine = self.machine.clone().supervised();
+        self.supervisor = Some(supervisor);
+        self
     }
 
     /// The switches it sets (shared).
@@ -151,10 +169,33 @@ impl<V: ClusterView> Agent<V> {
         }
         self.gates.write_path.store(false, Ordering::Release);
         self.gates.may_campaign.store(false, Ordering::Release);
+        if let Some(s) = self.supervisor.take() {
+            let _ = tokio::task::spawn_blocking(move || s.stop(Duration::from_secs(60))).await;
+        }
+    }
+
+    /// (Re)starts the supervised `mariadbd` if it is not running.
+    fn keep_mariadb_running(&mut self) {
+        let Some(s) = &self.supervisor else { return };
+        if s.is_running() {
+            return;
+        }
+        if self
+            .last_start
+            .is_some_and(|t| t.elapsed() < RESTART_BACKOFF)
+        {
+            return;
+        }
+        self.last_start = Some(std::time::Instant::now());
+        match s.start() {
+            Ok(()) => tracing::info!("agent: mariadbd (re)started as a replica"),
+            Err(e) => tracing::error!(error = %e, "agent: cannot start mariadbd"),
+        }
     }
 
     /// One observe-decide-act round.
     async fn turn(&mut self) {
+        self.keep_mariadb_running();
         let mariadb = match tokio::time::timeout(OBSERVE_TIMEOUT, self.mariadb.observe()).await {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
@@ -190,6 +231,17 @@ impl<V: ClusterView> Agent<V> {
                     self.gates.write_path.store(false, Ordering::Release);
                     Ok(())
                 }
+                Action::RestartMariaDb => match &self.supervisor {
+                    Some(s) => {
+                        tracing::warn!(
+                            "agent: restarting mariadbd as a replica to roll back commits that were never acknowledged"
+                        );
+                        s.kill();
+                        self.last_start = Some(std::time::Instant::now());
+                        s.start().map_err(|e| e.to_string())
+                    }
+                    None => Err("no supervised mariadbd".to_string()),
+                },
                 sql => match tokio::time::timeout(STEP_TIMEOUT, self.mariadb.apply(sql)).await {
                     Ok(r) => r.map_err(|e| e.to_string()),
                     Err(_) => Err(format!("no answer within {STEP_TIMEOUT:?}")),

@@ -48,6 +48,12 @@ struct Args {
     /// the MariaDB's role is set up by hand.
     #[arg(long)]
     agent: bool,
+    /// Run the local mariadbd under the agent (implies --agent): initialise
+    /// its data directory if empty (with the cluster's accounts), start it
+    /// as a read-only replica, restart it when it dies, and stop it on
+    /// shutdown; it dies with this process.
+    #[arg(long)]
+    supervise_mariadb: bool,
 }
 
 #[tokio::main]
@@ -79,7 +85,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         no_campaign: args.no_campaign,
         max_value_bytes: args.max_value_bytes,
         max_inflight: args.max_inflight,
-        agent: args.agent,
+        agent: args.agent || args.supervise_mariadb,
+        supervise_mariadb: args.supervise_mariadb,
     };
     let server = Server::start(&cfg, &args.node, opts)
         .await

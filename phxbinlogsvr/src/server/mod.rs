@@ -75,6 +75,8 @@ pub enum ServerError {
     },
     #[error("cannot resolve the local MariaDB address {addr}: {reason}")]
     MariadbAddr { addr: String, reason: String },
+    #[error("the local mariadbd: {0}")]
+    Supervisor(agent::supervisor::SupervisorError),
 }
 
 /// Options not in the cluster file.
@@ -94,6 +96,52 @@ pub struct ServerOptions {
     /// on winning it, demote on losing it), and the node campaigns only
     /// while its MariaDB is up and caught up with the chosen log.
     pub agent: bool,
+    /// The agent runs the local `mariadbd` itself (see
+    /// `agent::supervisor`); needs `agent`.
+    pub supervise_mariadb: bool,
+}
+
+/// How the agent runs this node's `mariadbd`, from the cluster file.
+fn launch_config(cfg: &ClusterConfig, me: &phxsql_config::NodeConfig) -> agent::LaunchConfig {
+    let binary = cfg.mariadb.binary.clone();
+    // mariadb-install-db beside the server binary if it is there, else PATH.
+    let install_db = binary
+        .parent()
+        .map(|d| d.join("mariadb-install-db"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "mariadb-install-db".into());
+    let q = agent::mariadb::quote;
+    let repl = &cfg.credentials.replication;
+    let admin = &cfg.credentials.mariadb_admin;
+    // FLUSH PRIVILEGES first: the bootstrap runs with the grant tables off,
+    // which refuses CREATE USER.
+    let init_sql = format!(
+        "FLUSH PRIVILEGES;\n\
+         CREATE USER {ru}@'%' IDENTIFIED BY {rp};\n\
+         GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO {ru}@'%';\n\
+         CREATE USER {au}@'%' IDENTIFIED BY {ap};\n\
+         GRANT ALL PRIVILEGES ON *.* TO {au}@'%' WITH GRANT OPTION;\n",
+        ru = q(&repl.user),
+        rp = q(repl.password.expose()),
+        au = q(&admin.user),
+        ap = q(admin.password.expose()),
+    );
+    agent::LaunchConfig {
+        binary,
+        install_db,
+        datadir: me.mariadb_datadir.clone(),
+        run_dir: me.data_dir.clone(),
+        bind: me.bind,
+        port: me.mariadb_port,
+        server_id: agent::ServerIds::new(cfg.mariadb.server_id_base, me.id).replica,
+        options: cfg
+            .mariadb
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        init_sql,
+    }
 }
 
 /// How often the agent looks at the lease and the local MariaDB.
@@ -284,6 +332,21 @@ impl Server {
                     gates,
                     AGENT_POLL_INTERVAL,
                 );
+                let a = if opts.supervise_mariadb {
+                    let sup = Arc::new(agent::Supervisor::new(launch_config(cfg, &me)));
+                    let init = Arc::clone(&sup);
+                    let initialised =
+                        tokio::task::spawn_blocking(move || init.ensure_initialized())
+                            .await
+                            .map_err(|_| paxos::RuntimeError::Panicked)?
+                            .map_err(ServerError::Supervisor)?;
+                    if initialised {
+                        tracing::info!(datadir = %me.mariadb_datadir.display(), "MariaDB data directory initialised");
+                    }
+                    a.with_supervisor(sup)
+                } else {
+                    a
+                };
                 let control = admin::AgentControl {
                     status: a.status(),
                     gates: a.gates(),
@@ -367,7 +430,8 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.write_task).await;
         self.write_task.abort();
         if let Some(mut t) = self.agent_task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), &mut t).await;
+            // It stops a supervised mariadbd cleanly, which takes a while.
+            let _ = tokio::time::timeout(Duration::from_secs(90), &mut t).await;
             t.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.admin_task).await;
