@@ -133,8 +133,12 @@ pub enum SupervisorError {
         #[source]
         source: io::Error,
     },
-    #[error("mariadb-install-db failed ({status}); its log: {log}")]
-    Install { status: String, log: PathBuf },
+    #[error("mariadb-install-db failed ({status}); its log, {log}, ends with:\n{tail}")]
+    Install {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SupervisorError {
@@ -167,12 +171,25 @@ impl Supervisor {
 
     /// Initialises the data directory if it holds no database yet (with the
     /// cluster's accounts). Blocking (seconds): call from a blocking task.
-    /// Returns whether it did.
+    /// Returns whether it did. A failed `mariadb-install-db` is tried once
+    /// more before the error is returned.
     pub fn ensure_initialized(&self) -> Result<bool, SupervisorError> {
-        let c = &self.cfg;
-        if c.datadir.join("mysql").is_dir() {
+        if self.cfg.datadir.join("mysql").is_dir() {
             return Ok(false);
         }
+        match self.install() {
+            Err(e @ SupervisorError::Install { .. }) => {
+                tracing::warn!(error = %e, "mariadb-install-db failed; trying once more");
+                std::thread::sleep(Duration::from_secs(1));
+                self.install()?;
+            }
+            other => other?,
+        }
+        Ok(true)
+    }
+
+    fn install(&self) -> Result<(), SupervisorError> {
+        let c = &self.cfg;
         std::fs::create_dir_all(&c.run_dir)
             .map_err(io_err(format!("creating {}", c.run_dir.display())))?;
         let staging = c.datadir.with_extension("initialising");
@@ -212,6 +229,7 @@ impl Supervisor {
                     let _ = child.wait();
                     return Err(SupervisorError::Install {
                         status: format!("timed out after {INSTALL_TIMEOUT:?}"),
+                        tail: tail_of(&log),
                         log,
                     });
                 }
@@ -222,6 +240,7 @@ impl Supervisor {
         if !status.success() {
             return Err(SupervisorError::Install {
                 status: status.to_string(),
+                tail: tail_of(&log),
                 log,
             });
         }
@@ -231,7 +250,7 @@ impl Supervisor {
             staging.display(),
             c.datadir.display()
         )))?;
-        Ok(true)
+        Ok(())
     }
 
     /// The generated option file.
@@ -358,6 +377,13 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(30));
     }
+}
+
+/// The last lines of a log file (for error messages).
+fn tail_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
 }
 
 /// Writes `text` to `path`, readable by the owner only (secrets).

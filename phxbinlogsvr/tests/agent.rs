@@ -1036,3 +1036,57 @@ async fn supervised_mariadbs_are_started_restarted_and_die_with_their_binlog_ser
     .await;
     drop(svrs);
 }
+
+/// A privileged write on a replica (root has READ ONLY ADMIN in MariaDB
+/// 10.11 and writes through `read_only`) forks it from the log: its binlog
+/// holds a GTID the chosen log lacks. The agent reports it diverged, it
+/// never campaigns, and the rest of the cluster goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_root_write_on_a_replica_marks_it_diverged() {
+    let c = AgentCluster::start("rootw").await;
+    let all = [0, 1, 2];
+    let m = c.wait_one_master(&all, Duration::from_secs(60)).await;
+    c.dbs[m]
+        .exec("CREATE TABLE test.bank (id INT PRIMARY KEY, balance INT NOT NULL)")
+        .await
+        .unwrap();
+    app_insert(&c.dbs[m], 1).await.unwrap();
+    let r = (m + 1) % 3;
+    let pos = c.dbs[m].gtid_binlog_pos().await.unwrap();
+    c.dbs[r]
+        .wait_for_gtid(&pos, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The application account is refused; root is not.
+    assert!(app_insert(&c.dbs[r], 2).await.is_err());
+    c.dbs[r]
+        .exec("INSERT INTO test.bank VALUES (99, 0)")
+        .await
+        .unwrap();
+    wait_until(
+        "the replica reported diverged",
+        Duration::from_secs(10),
+        async || c.role(r).await.as_deref() == Some("diverged"),
+    )
+    .await;
+    let s = status_json(c.ports[r].admin).await.unwrap();
+    assert_eq!(s["agent"]["may_campaign"], false, "{s}");
+    let detail = s["agent"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        detail.contains("chosen log"),
+        "the reason is given: {detail}"
+    );
+    eprintln!("node{}: {detail}", r + 1);
+    // The others go on: the master takes writes, the third replica follows.
+    app_insert(&c.dbs[m], 3).await.unwrap();
+    let third = 3 - m - r;
+    let pos = c.dbs[m].gtid_binlog_pos().await.unwrap();
+    c.dbs[third]
+        .wait_for_gtid(&pos, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(c.role(r).await.as_deref(), Some("diverged"), "sticky");
+}
