@@ -631,6 +631,52 @@ enum Fault {
     KillMariaDb,
     KillBoth,
     StopAll,
+    /// Every packet to the master's Paxos port dropped (iptables on lo):
+    /// the transport's connections are one-way, so nothing reaches it.
+    CutOff,
+}
+
+/// An iptables rule dropping TCP packets to `port`, removed on drop.
+struct DropPort(u16);
+
+impl DropPort {
+    fn new(port: u16) -> DropPort {
+        let ok = std::process::Command::new("iptables")
+            .args([
+                "-I",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "DROP",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "iptables -I INPUT ... --dport {port} -j DROP (needs root and iptables)"
+        );
+        DropPort(port)
+    }
+}
+
+impl Drop for DropPort {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args([
+                "-D",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &self.0.to_string(),
+                "-j",
+                "DROP",
+            ])
+            .status();
+    }
 }
 
 async fn fault_under_bank_workload(fault: Fault) {
@@ -638,6 +684,7 @@ async fn fault_under_bank_workload(fault: Fault) {
         Fault::KillMariaDb => "f-kdb",
         Fault::KillBoth => "f-kall",
         Fault::StopAll => "f-stop",
+        Fault::CutOff => "f-cut",
     })
     .await;
     let all = [0, 1, 2];
@@ -650,6 +697,7 @@ async fn fault_under_bank_workload(fault: Fault) {
     })
     .await;
     let t0 = Instant::now();
+    let mut cut = None;
     match fault {
         Fault::KillMariaDb => c.dbs[m].kill9().await.unwrap(),
         Fault::KillBoth => {
@@ -660,6 +708,7 @@ async fn fault_under_bank_workload(fault: Fault) {
             c.dbs[m].sigstop().unwrap();
             c.svrs[m].signal("STOP");
         }
+        Fault::CutOff => cut = Some(DropPort::new(c.ports[m].paxos)),
     }
     let before = bank.count();
     let others: Vec<usize> = all.into_iter().filter(|&i| i != m).collect();
@@ -683,22 +732,25 @@ async fn fault_under_bank_workload(fault: Fault) {
             c.dbs[m].start_again().await.unwrap();
             c.svrs[m].start();
         }
-        Fault::StopAll => {
-            c.svrs[m].signal("CONT");
-            c.dbs[m].sigcont().unwrap();
+        Fault::StopAll | Fault::CutOff => {
+            if matches!(fault, Fault::StopAll) {
+                c.svrs[m].signal("CONT");
+                c.dbs[m].sigcont().unwrap();
+            }
+            drop(cut.take());
             // Its commits left waiting for an ACK never get one: the node
             // says so (never master, never silently) ...
             let deadline = Instant::now() + Duration::from_secs(30);
             while !matches!(c.role(m).await.as_deref(), Some("blocked" | "replica")) {
                 assert!(
                     Instant::now() < deadline,
-                    "node{} after SIGCONT: {}",
+                    "node{} after healing: {}",
                     m + 1,
                     status_json(c.ports[m].admin).await.unwrap_or_default()
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            eprintln!("after SIGCONT node{} is {:?}", m + 1, c.role(m).await);
+            eprintln!("after healing node{} is {:?}", m + 1, c.role(m).await);
             // ... until mariadbd restarts as a replica and rolls them back.
             c.dbs[m].kill9().await.unwrap();
             c.dbs[m].start_again().await.unwrap();
@@ -725,7 +777,7 @@ async fn fault_under_bank_workload(fault: Fault) {
         acked.len()
     );
     verify_bank(&c, &acked).await;
-    if !matches!(fault, Fault::StopAll) {
+    if matches!(fault, Fault::KillMariaDb | Fault::KillBoth) {
         assert_eq!(both, 0, "never two writable nodes");
     }
 }
@@ -743,6 +795,11 @@ async fn kill_9_of_the_master_node_under_a_bank_workload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigstop_of_the_master_node_beyond_the_lease_under_a_bank_workload() {
     fault_under_bank_workload(Fault::StopAll).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_master_cut_off_from_the_others_under_a_bank_workload() {
+    fault_under_bank_workload(Fault::CutOff).await;
 }
 
 /// The design brief's server_id trap: the master's binlog server dies after

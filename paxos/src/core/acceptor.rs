@@ -60,9 +60,6 @@ impl Core {
             self.ready.records.push(LogRecord::Promise { ballot });
             self.yield_to(ballot);
         }
-        if ballot.node != self.cfg.node_id {
-            self.last_foreign_accept = Some(self.now);
-        }
         self.accept_locally(ballot, instance, value);
         self.send(from, Message::Accepted { ballot, instance });
     }

@@ -26,7 +26,11 @@ impl Core {
                     slot.chosen = true;
                 }
             }
+            let before = self.chosen_prefix;
             self.advance_chosen_prefix();
+            if self.chosen_prefix > before && from != self.cfg.node_id {
+                self.last_foreign_progress = Some(self.now);
+            }
             if self.chosen_prefix < upto {
                 // We missed some of the leader's values (or hold older ones).
                 self.start_catch_up(from);

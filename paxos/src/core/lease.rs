@@ -152,7 +152,7 @@ impl Core {
         if p.node.is_none() || (p.node == Some(me) && !ours) {
             // The lease was released or handed to us: the proposer that was at work
             // stepped aside on purpose, so there is no leader to stay quiet for.
-            self.last_foreign_accept = None;
+            self.last_foreign_progress = None;
         }
         let expiry = match p.node {
             None => self.now,

@@ -256,8 +256,11 @@ pub struct Core {
     backoff_until: Time,
     /// Ballots lost in a row (sets the backoff range).
     losses: u32,
-    /// When we last accepted a value from another proposer.
-    last_foreign_accept: Option<Time>,
+    /// When another proposer last made progress here (its Commit moved our
+    /// chosen prefix). A proposer that only sends (one cut off from its
+    /// peers' answers, say) makes none, so it does not keep the others from
+    /// campaigning.
+    last_foreign_progress: Option<Time>,
 
     // Lease.
     lease: LeaseView,
@@ -360,7 +363,7 @@ impl Core {
             placed: BTreeMap::new(),
             backoff_until: now,
             losses: 0,
-            last_foreign_accept: None,
+            last_foreign_progress: None,
             lease: LeaseView::default(),
             may_campaign: true,
             ready: Ready::default(),
@@ -576,10 +579,10 @@ impl Core {
     }
 
     /// A follower may start a Prepare: not backing off, and no other proposer
-    /// has been seen at work lately.
+    /// has been seen making progress lately.
     fn may_prepare(&self) -> bool {
         let leader_busy = self
-            .last_foreign_accept
+            .last_foreign_progress
             .is_some_and(|t| self.now < t + self.cfg.leader_quiet);
         self.now >= self.backoff_until && !leader_busy
     }
