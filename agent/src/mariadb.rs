@@ -46,6 +46,11 @@ impl std::fmt::Debug for ReplicationSource {
 #[derive(Debug, Clone)]
 pub struct LocalMariaDb {
     opts: Opts,
+    /// One kept connection for the looks (every 100 ms: a new connection
+    /// each time would be a TCP and authentication round trip each time).
+    /// Steps use a connection of their own: one may hang (`read_only`
+    /// behind stuck commits) and is then dropped, not pooled.
+    looks: mysql_async::Pool,
     source: ReplicationSource,
 }
 
@@ -90,7 +95,16 @@ impl LocalMariaDb {
     /// `opts`: the administrative account on the local MariaDB (over TCP);
     /// `source`: the local binlog server a replica points at.
     pub fn new(opts: Opts, source: ReplicationSource) -> Self {
-        LocalMariaDb { opts, source }
+        let constraints = mysql_async::PoolConstraints::new(0, 1).unwrap_or_default();
+        let looks = mysql_async::Pool::new(
+            mysql_async::OptsBuilder::from_opts(opts.clone())
+                .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints)),
+        );
+        LocalMariaDb {
+            opts,
+            looks,
+            source,
+        }
     }
 
     async fn conn(&self) -> Result<Conn, MariaDbError> {
@@ -99,14 +113,14 @@ impl LocalMariaDb {
 
     /// Reads everything the agent decides on.
     pub async fn observe(&self) -> Result<MariaDbState, MariaDbError> {
-        let mut c = self.conn().await?;
-        let row: Option<(String, String, i64, i64, u32)> = c
+        let mut c = self.looks.get_conn().await?;
+        let row: Option<(String, i64, i64, u32)> = c
             .query_first(
-                "SELECT @@gtid_binlog_pos, @@gtid_current_pos, @@read_only, \
+                "SELECT @@gtid_binlog_pos, @@read_only, \
                  @@rpl_semi_sync_master_enabled, @@server_id",
             )
             .await?;
-        let Some((binlog, current, read_only, semi_sync, server_id)) = row else {
+        let Some((binlog, read_only, semi_sync, server_id)) = row else {
             return Err(MariaDbError::Unreadable {
                 what: "variables row",
                 value: String::new(),
@@ -138,10 +152,9 @@ impl LocalMariaDb {
                     .then(|| (errno, column(&r, "Last_SQL_Error").unwrap_or_default())),
             }
         });
-        drop(c.disconnect().await);
+        drop(c); // back to the pool
         Ok(MariaDbState {
             binlog_pos: parse_pos("gtid_binlog_pos", &binlog)?,
-            current_pos: parse_pos("gtid_current_pos", &current)?,
             read_only: read_only != 0,
             replica,
             semi_sync_master: semi_sync != 0,

@@ -50,9 +50,6 @@ pub struct ReplicaState {
 pub struct MariaDbState {
     /// `gtid_binlog_pos`: everything its binary log holds.
     pub binlog_pos: GtidPos,
-    /// `gtid_current_pos` (for the status; decisions use `binlog_pos`,
-    /// which every node has with `log_slave_updates`).
-    pub current_pos: GtidPos,
     pub read_only: bool,
     /// `None`: no replication configured.
     pub replica: Option<ReplicaState>,
@@ -91,7 +88,10 @@ pub enum Action {
     /// `STOP SLAVE`; `gtid_slave_pos` set to the local binlog's position
     /// (checked to be in the chosen log first); `CHANGE MASTER TO` the local
     /// binlog server with `MASTER_USE_GTID=slave_pos` and the replication
-    /// account; `START SLAVE`.
+    /// account; `START SLAVE`. The only way the agent (re)starts
+    /// replication: never a bare `START SLAVE`, since the replication state
+    /// of a restarted or former master is stale, while its binlog holds
+    /// exactly what it applied.
     ReplicateFromBinlogServer,
     /// Semi-sync master on (never falling back to asynchronous) or off.
     SetSemiSyncMaster(bool),
@@ -313,7 +313,7 @@ impl RoleMachine {
                 .as_ref()
                 .is_none_or(|r| !r.io_running || !r.sql_running)
             {
-                actions.push(self.replication_fix(db));
+                actions.push(Action::ReplicateFromBinlogServer);
             }
             return Decision {
                 actions,
@@ -435,7 +435,7 @@ impl RoleMachine {
             };
         }
         if !replicating {
-            actions.push(self.replication_fix(db));
+            actions.push(Action::ReplicateFromBinlogServer);
         }
         self.role = Role::Replica;
         Decision {
@@ -469,13 +469,5 @@ impl RoleMachine {
             ));
         }
         true
-    }
-
-    /// What gets replication from the local binlog server going: always
-    /// re-pointed from the local binlog's position, never a bare `START
-    /// SLAVE` (the replication state of a restarted or former master is
-    /// stale, and the binlog holds exactly what was applied).
-    fn replication_fix(&self, _db: &MariaDbState) -> Action {
-        Action::ReplicateFromBinlogServer
     }
 }

@@ -1,6 +1,6 @@
 //! The agent's loop: observe, decide ([`RoleMachine`]), act, publish.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -94,7 +94,7 @@ pub struct Agent<V> {
     gates: Gates,
     status: StatusHandle,
     poll_interval: Duration,
-    steps: AtomicU64,
+    steps: u64,
     supervisor: Option<Arc<Supervisor>>,
     /// When the supervised `mariadbd` was last started.
     last_start: Option<std::time::Instant>,
@@ -123,7 +123,7 @@ impl<V: ClusterView> Agent<V> {
             gates,
             status: StatusHandle::default(),
             poll_interval,
-            steps: AtomicU64::new(0),
+            steps: 0,
             supervisor: None,
             last_start: None,
         }
@@ -249,7 +249,7 @@ impl<V: ClusterView> Agent<V> {
             };
             match result {
                 Ok(()) => {
-                    self.steps.fetch_add(1, Ordering::Relaxed);
+                    self.steps += 1;
                     tracing::info!(?action, "agent: step done");
                 }
                 Err(e) => {
@@ -269,7 +269,7 @@ impl<V: ClusterView> Agent<V> {
                 _ => tracing::info!(from = ?before, to = ?role, "agent: role changed"),
             }
         }
-        let steps = self.steps.load(Ordering::Relaxed);
+        let steps = self.steps;
         let write_open = self.gates.write_path.load(Ordering::Acquire);
         let up = obs.mariadb.is_some();
         self.status.update(|s| {

@@ -27,7 +27,6 @@ fn pos(s: &str) -> GtidPos {
 fn replicating(at: &str) -> MariaDbState {
     MariaDbState {
         binlog_pos: pos(at),
-        current_pos: pos(at),
         read_only: true,
         replica: Some(ReplicaState {
             master_host: "127.0.0.1".into(),
@@ -113,7 +112,6 @@ fn promotion_waits_for_the_chosen_log_then_opens_the_write_path_before_writes() 
     // Steady: nothing more to do while it stays writable and lossless.
     let master = MariaDbState {
         binlog_pos: pos("0-1-9"),
-        current_pos: pos("0-1-9"),
         read_only: false,
         replica: None,
         semi_sync_master: true,
@@ -132,7 +130,6 @@ fn losing_the_lease_closes_the_write_path_first_and_blocks_on_waiting_commits() 
     assert!(m.write_path_open());
     let stuck = MariaDbState {
         binlog_pos: pos("0-1-3"),
-        current_pos: pos("0-1-3"),
         read_only: false,
         replica: None,
         semi_sync_master: true,
@@ -152,7 +149,6 @@ fn a_clean_former_master_turns_replica() {
     m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
     let clean = MariaDbState {
         binlog_pos: pos("0-1-3"),
-        current_pos: pos("0-1-3"),
         read_only: false,
         replica: None,
         semi_sync_master: true,

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    ADMIN_PASSWORD, ADMIN_USER, NodePorts, Svr, assert_same_checksums, free_ports, status_json,
-    wait_until, write_config,
+    ADMIN_PASSWORD, ADMIN_USER, NodePorts, Svr, assert_same_checksums, create_admin_user,
+    free_ports, node_ports, status_json, wait_until, write_config,
 };
 use testkit::mysql_async::prelude::Queryable;
 use testkit::{APP_PASSWORD, APP_USER, MariaDb};
@@ -67,24 +67,9 @@ impl AgentCluster {
             Arc::new(m3.unwrap()),
         ];
         for db in &dbs {
-            db.exec(&format!(
-                "SET sql_log_bin=0; CREATE USER '{ADMIN_USER}'@'%' IDENTIFIED BY '{ADMIN_PASSWORD}'; \
-                 GRANT ALL ON *.* TO '{ADMIN_USER}'@'%'"
-            ))
-            .await
-            .unwrap();
+            create_admin_user(db).await;
         }
-        let pv = free_ports(15);
-        let ports: Vec<NodePorts> = pv
-            .chunks(5)
-            .map(|c| NodePorts {
-                paxos: c[0],
-                binlog: c[1],
-                admin: c[2],
-                proxy_rw: c[3],
-                proxy_ro: c[4],
-            })
-            .collect();
+        let ports = node_ports(3);
         let cfg = write_config(tmp.path(), &dbs, &ports);
         let svrs = (1..=3)
             .map(|n| {
@@ -314,9 +299,10 @@ async fn switchover_between_every_pair_of_nodes_loses_no_write() {
     // A client writing all along to whichever node takes its writes; each
     // acknowledged id with the time it was acknowledged.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
         let dbs = c.dbs.clone();
-        let stop = Arc::clone(&stop);
+        let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
         tokio::spawn(async move {
             let mut acked: Vec<(u64, Instant)> = Vec::new();
             let mut id = 1u64;
@@ -324,6 +310,7 @@ async fn switchover_between_every_pair_of_nodes_loses_no_write() {
                 for db in &dbs {
                     if app_insert(db, id).await.is_ok() {
                         acked.push((id, Instant::now()));
+                        count.store(acked.len(), std::sync::atomic::Ordering::Relaxed);
                         id += 1;
                         break;
                     }
@@ -331,6 +318,14 @@ async fn switchover_between_every_pair_of_nodes_loses_no_write() {
             }
             acked
         })
+    };
+    // Writes acknowledged since `n`, a few of them.
+    let writes_flow = async |what: &str| {
+        let n = count.load(std::sync::atomic::Ordering::Relaxed);
+        wait_until(what, Duration::from_secs(30), async || {
+            count.load(std::sync::atomic::Ordering::Relaxed) >= n + 5
+        })
+        .await;
     };
     // Unauthenticated or wrong requests change nothing.
     let (code, _) = {
@@ -364,7 +359,7 @@ async fn switchover_between_every_pair_of_nodes_loses_no_write() {
     let mut downtimes = Vec::new();
     for step in [1, 1, 1, 2, 2, 2] {
         let to = (master + step) % 3;
-        tokio::time::sleep(Duration::from_millis(300)).await; // writes flow before each switch
+        writes_flow("writes flowing before the switchover").await;
         let t0 = Instant::now();
         let req = format!(r#"{{"to":"node{}"}}"#, to + 1);
         let (mut code, mut body) = http_post(c.ports[master].admin, "/switchover", &req).await;
@@ -395,7 +390,7 @@ async fn switchover_between_every_pair_of_nodes_loses_no_write() {
         downtimes.push(t0);
         master = to;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    writes_flow("writes flowing after the last switchover").await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = writer.await.unwrap();
     // Write downtime of each switchover: the longest gap between two

@@ -40,6 +40,31 @@ pub struct NodePorts {
     pub proxy_ro: u16,
 }
 
+/// The binlog servers' admin account on `db`, not binlogged (it must not
+/// become a transaction of the log).
+pub async fn create_admin_user(db: &MariaDb) {
+    db.exec(&format!(
+        "SET sql_log_bin=0; CREATE USER '{ADMIN_USER}'@'%' IDENTIFIED BY '{ADMIN_PASSWORD}'; \
+         GRANT ALL ON *.* TO '{ADMIN_USER}'@'%'"
+    ))
+    .await
+    .unwrap();
+}
+
+/// Free ports for the binlog servers of `n` nodes.
+pub fn node_ports(n: usize) -> Vec<NodePorts> {
+    free_ports(5 * n)
+        .chunks(5)
+        .map(|c| NodePorts {
+            paxos: c[0],
+            binlog: c[1],
+            admin: c[2],
+            proxy_rw: c[3],
+            proxy_ro: c[4],
+        })
+        .collect()
+}
+
 /// Free ports: all listeners are held until every port is picked.
 pub fn free_ports(n: usize) -> Vec<u16> {
     let ls: Vec<TcpListener> = (0..n)
@@ -355,26 +380,9 @@ impl TestCluster {
             Arc::new(m3.unwrap()),
         ];
         for db in &dbs {
-            // Not binlogged: the account must not become a transaction of the log.
-            db.exec(&format!(
-                "SET sql_log_bin=0; CREATE USER '{ADMIN_USER}'@'%' IDENTIFIED BY '{ADMIN_PASSWORD}'; \
-                 GRANT ALL ON *.* TO '{ADMIN_USER}'@'%'"
-            ))
-            .await
-            .unwrap();
+            create_admin_user(db).await;
         }
-
-        let pv = free_ports(15);
-        let ports: Vec<NodePorts> = pv
-            .chunks(5)
-            .map(|c| NodePorts {
-                paxos: c[0],
-                binlog: c[1],
-                admin: c[2],
-                proxy_rw: c[3],
-                proxy_ro: c[4],
-            })
-            .collect();
+        let ports = node_ports(3);
         let cfg = write_config(tmp.path(), &dbs, &ports);
         let svrs: Vec<Svr> = (1..=3)
             .map(|n| {
