@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs beyond Rust: MariaDB's server and client
-# binaries (Debian/Ubuntu packages). Does nothing when they are present.
+# Installs what the test suite needs beyond Rust, from Debian/Ubuntu packages,
+# and does nothing when it is all present:
+#   mariadb-server, mariadb-client  the servers the tests start, the CLI client
+#   sysbench                        proxy tests and benchmarks
+#   python3-pymysql                 the proxy tests' Python driver (run with /usr/bin/python3)
 #
 # The integration tests start their own throw-away mariadbd instances
 # (testkit/): ports 10000-32767 on 127.0.0.1, sockets and data in temporary
@@ -8,11 +11,20 @@
 # (on 3306, /run/mysqld) is left alone; nothing of /etc/mysql applies to them.
 set -euo pipefail
 
-if command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; then
+missing=()
+if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+    missing+=(mariadb-server)
+fi
+command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
+if ! /usr/bin/python3 -c 'import pymysql' >/dev/null 2>&1; then
+    missing+=(python3-pymysql)
+fi
+if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 as_root=(env)
 if [ "$(id -u)" -ne 0 ]; then as_root=(sudo env); fi
-echo "Installing MariaDB (mariadb-server, mariadb-client) ..."
+echo "Installing ${missing[*]} ..."
 "${as_root[@]}" DEBIAN_FRONTEND=noninteractive apt-get update
-"${as_root[@]}" DEBIAN_FRONTEND=noninteractive apt-get install -y mariadb-server mariadb-client
+"${as_root[@]}" DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"

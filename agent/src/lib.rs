@@ -20,5 +20,7 @@ pub mod supervisor;
 
 pub use mariadb::{LocalMariaDb, MariaDbError, ReplicationSource};
 pub use role::{LeaseView, Role, ServerIds};
-pub use runner::{Agent, AgentStatus, ClusterView, Gates, StatusHandle};
+pub use runner::{
+    Agent, AgentStatus, ClusterView, Gates, PROXY_HEARTBEAT_TIMEOUT, ProxyLiveness, StatusHandle,
+};
 pub use supervisor::{LaunchConfig, Supervisor};

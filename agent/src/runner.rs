@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use binlog::GtidPos;
 use serde::Serialize;
@@ -53,6 +53,14 @@ pub struct AgentStatus {
     pub last_error: Option<String>,
     pub steps_done: u64,
     pub steps_failed: u64,
+    /// How stale reads of the local MariaDB may be: 0 while it has applied
+    /// every chosen transaction, else the time since it last had (since the
+    /// agent started, if never). `None` while MariaDB is down. The proxy's
+    /// read-only port compares it with `proxy.ro_max_lag`.
+    pub lag_ms: Option<u64>,
+    /// Whether the local proxy sent a heartbeat lately; `None` when this
+    /// node does not require a proxy (`phxbinlogsvr --without-proxy`).
+    pub proxy_alive: Option<bool>,
 }
 
 impl Default for AgentStatus {
@@ -65,9 +73,47 @@ impl Default for AgentStatus {
             last_error: None,
             steps_done: 0,
             steps_failed: 0,
+            lag_ms: None,
+            proxy_alive: None,
         }
     }
 }
+
+/// The local proxy's heartbeats (`POST /proxy/heartbeat` on the admin API).
+/// A node whose proxy has not beaten within the timeout does not campaign for
+/// the lease: clients of its ports could not reach a master it would become.
+/// A master keeps renewing without one (its MariaDB is reached directly by
+/// every other node's proxy; stepping down would only cause a failover).
+#[derive(Debug, Clone)]
+pub struct ProxyLiveness {
+    last: Arc<Mutex<Option<Instant>>>,
+    timeout: Duration,
+}
+
+impl ProxyLiveness {
+    /// Alive while the last heartbeat is at most `timeout` old.
+    pub fn new(timeout: Duration) -> Self {
+        ProxyLiveness {
+            last: Arc::default(),
+            timeout,
+        }
+    }
+
+    /// Records a heartbeat now.
+    pub fn beat(&self) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() <= self.timeout)
+    }
+}
+
+/// How long a proxy heartbeat counts (the proxy sends one every second).
+pub const PROXY_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The shared status (cheap to clone).
 #[derive(Debug, Clone, Default)]
@@ -98,6 +144,10 @@ pub struct Agent<V> {
     supervisor: Option<Arc<Supervisor>>,
     /// When the supervised `mariadbd` was last started.
     last_start: Option<std::time::Instant>,
+    /// Set when this node requires a live local proxy to campaign.
+    proxy: Option<ProxyLiveness>,
+    /// When the local MariaDB was last seen with every chosen transaction.
+    last_caught_up: Instant,
 }
 
 /// Shortest time between two starts of the supervised `mariadbd`.
@@ -126,7 +176,15 @@ impl<V: ClusterView> Agent<V> {
             steps: 0,
             supervisor: None,
             last_start: None,
+            proxy: None,
+            last_caught_up: Instant::now(),
         }
+    }
+
+    /// Campaign only while `proxy` reports a live local proxy.
+    pub fn with_proxy(mut self, proxy: ProxyLiveness) -> Self {
+        self.proxy = Some(proxy);
+        self
     }
 
     /// Runs `mariadbd` under this agent: started (as a replica) when it is
@@ -216,9 +274,19 @@ impl<V: ClusterView> Agent<V> {
         };
         let before = self.machine.role().clone();
         let decision = self.machine.decide(&obs);
+        let proxy_alive = self.proxy.as_ref().map(ProxyLiveness::is_alive);
+        // A lease holder renews without its proxy (see `ProxyLiveness`).
+        let may_campaign =
+            decision.may_campaign && (proxy_alive != Some(false) || obs.lease == LeaseView::Mine);
         self.gates
             .may_campaign
-            .store(decision.may_campaign, Ordering::Release);
+            .store(may_campaign, Ordering::Release);
+        let lag_ms = obs.mariadb.as_ref().map(|db| {
+            if db.binlog_pos.includes(&obs.chosen) {
+                self.last_caught_up = Instant::now();
+            }
+            self.last_caught_up.elapsed().as_millis() as u64
+        });
         let mut error = None;
         let mut failed = 0;
         for action in &decision.actions {
@@ -274,7 +342,9 @@ impl<V: ClusterView> Agent<V> {
         let up = obs.mariadb.is_some();
         self.status.update(|s| {
             s.role = role;
-            s.may_campaign = decision.may_campaign;
+            s.may_campaign = may_campaign;
+            s.lag_ms = lag_ms;
+            s.proxy_alive = proxy_alive;
             s.write_path_open = write_open;
             s.mariadb_up = up;
             s.last_error = error;

@@ -44,6 +44,9 @@ pub struct LaunchConfig {
     /// SQL run once when the data directory is initialised: the cluster's
     /// accounts. Holds secrets: never logged.
     pub init_sql: String,
+    /// `proxy_protocol_networks`: the addresses whose PROXY protocol
+    /// header MariaDB believes (the cluster's proxies); empty: none.
+    pub proxy_protocol_networks: Vec<String>,
 }
 
 impl std::fmt::Debug for LaunchConfig {
@@ -267,6 +270,13 @@ impl Supervisor {
         let _ = writeln!(s, "port={}", c.port);
         let _ = writeln!(s, "bind-address={}", c.bind);
         let _ = writeln!(s, "server_id={}", c.server_id);
+        if !c.proxy_protocol_networks.is_empty() {
+            let _ = writeln!(
+                s,
+                "proxy_protocol_networks={}",
+                c.proxy_protocol_networks.join(",")
+            );
+        }
         s.push_str(
             "log_bin=phxsql-bin\nlog_bin_index=phxsql-bin.index\n\
              relay_log=relay-bin\nrelay_log_index=relay-bin.index\n\

@@ -50,7 +50,7 @@ pub const CONFIG_VERSION: u32 = 1;
 pub const DEFAULT_BASE_PORT: u16 = 17000;
 
 /// Where each port of a node falls when derived from its base port
-/// (`base_port + offset`). Offsets 6 to 9 are reserved for future services, so
+/// (`base_port + offset`). Offsets 7 to 9 are reserved for future services, so
 /// nodes sharing a host should have base ports at least 10 apart.
 pub mod port_offset {
     pub const PAXOS: u16 = 0;
@@ -59,8 +59,9 @@ pub mod port_offset {
     pub const PROXY_RW: u16 = 3;
     pub const PROXY_RO: u16 = 4;
     pub const MARIADB: u16 = 5;
+    pub const PROXY_ADMIN: u16 = 6;
     /// The largest offset in use: `base_port + LAST` must be a valid port.
-    pub const LAST: u16 = MARIADB;
+    pub const LAST: u16 = PROXY_ADMIN;
 }
 
 /// The whole cluster, validated, with defaults filled in and paths absolute.
@@ -162,6 +163,12 @@ pub struct ProxyConfig {
     /// Send the PROXY protocol header to MariaDB, so that grants and the
     /// process list see the client's address.
     pub proxy_protocol: bool,
+    /// The read-only port sends a client to another replica when the local
+    /// one has not been caught up with the chosen log for this long.
+    pub ro_max_lag: Duration,
+    /// May the read-only port use the master's MariaDB (for its own node,
+    /// or when no replica is healthy)?
+    pub ro_include_master: bool,
 }
 
 /// A node's place in the initial Paxos membership.
@@ -197,6 +204,8 @@ pub struct NodeConfig {
     pub proxy_rw_port: u16,
     /// Proxy read-only port: statements run on this node's MariaDB.
     pub proxy_ro_port: u16,
+    /// The proxy's own HTTP port (`/metrics`, `/health`).
+    pub proxy_admin_port: u16,
     /// The local `mariadbd`.
     pub mariadb_port: u16,
     /// The binlog server's directory (Paxos log, event store).
@@ -243,6 +252,10 @@ impl NodeConfig {
 
     pub fn proxy_ro_addr(&self) -> String {
         self.addr(self.proxy_ro_port)
+    }
+
+    pub fn proxy_admin_addr(&self) -> String {
+        self.addr(self.proxy_admin_port)
     }
 
     pub fn mariadb_addr(&self) -> String {

@@ -87,6 +87,8 @@ pub(crate) struct RawProxy {
     pub idle_timeout: Option<Spanned<HumanDuration>>,
     pub master_wait_timeout: Option<Spanned<HumanDuration>>,
     pub proxy_protocol: Option<bool>,
+    pub ro_max_lag: Option<Spanned<HumanDuration>>,
+    pub ro_include_master: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +105,7 @@ pub(crate) struct RawNode {
     pub admin_port: Option<Spanned<Int>>,
     pub proxy_rw_port: Option<Spanned<Int>>,
     pub proxy_ro_port: Option<Spanned<Int>>,
+    pub proxy_admin_port: Option<Spanned<Int>>,
     pub mariadb_port: Option<Spanned<Int>>,
     pub data_dir: Option<Spanned<String>>,
     pub mariadb_datadir: Option<Spanned<String>>,

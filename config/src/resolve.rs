@@ -26,6 +26,7 @@ pub(crate) const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) const DEFAULT_MASTER_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_RO_MAX_LAG: Duration = Duration::from_secs(5);
 pub(crate) const DEFAULT_DATA_ROOT: &str = "data";
 pub(crate) const DEFAULT_CLUSTER_NAME: &str = "phxsql";
 
@@ -610,6 +611,11 @@ impl<'a> Ctx<'a> {
             idle_timeout,
             master_wait_timeout,
             proxy_protocol: raw.proxy_protocol.unwrap_or(true),
+            ro_max_lag: raw
+                .ro_max_lag
+                .as_ref()
+                .map_or(DEFAULT_RO_MAX_LAG, |d| d.value.0),
+            ro_include_master: raw.ro_include_master.unwrap_or(true),
         })
     }
 
@@ -686,7 +692,7 @@ impl<'a> Ctx<'a> {
                     if cluster_base_given {
                         "base_port".to_string()
                     } else {
-                        format!("the default base_port {DEFAULT_BASE_PORT}")
+                        "the default base_port".to_string()
                     },
                     pos(&n.name),
                 ),
@@ -724,6 +730,11 @@ impl<'a> Ctx<'a> {
             let proxy_rw_port = port("proxy_rw_port", &n.proxy_rw_port, port_offset::PROXY_RW)?;
             let proxy_ro_port = port("proxy_ro_port", &n.proxy_ro_port, port_offset::PROXY_RO)?;
             let mariadb_port = port("mariadb_port", &n.mariadb_port, port_offset::MARIADB)?;
+            let proxy_admin_port = port(
+                "proxy_admin_port",
+                &n.proxy_admin_port,
+                port_offset::PROXY_ADMIN,
+            )?;
 
             let data_dir = match &n.data_dir {
                 Some(d) if d.value.trim().is_empty() => {
@@ -768,6 +779,7 @@ impl<'a> Ctx<'a> {
                 admin_port,
                 proxy_rw_port,
                 proxy_ro_port,
+                proxy_admin_port,
                 mariadb_port,
                 data_dir,
                 mariadb_datadir,

@@ -118,6 +118,8 @@ fn minimal_file_gets_defaults() {
     assert_eq!(c.proxy.idle_timeout, None);
     assert_eq!(c.proxy.master_wait_timeout, Duration::from_secs(5));
     assert!(c.proxy.proxy_protocol);
+    assert_eq!(c.proxy.ro_max_lag, Duration::from_secs(5));
+    assert!(c.proxy.ro_include_master);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 
     let b = c.node("b").unwrap();
@@ -131,9 +133,10 @@ fn minimal_file_gets_defaults() {
             b.admin_port,
             b.proxy_rw_port,
             b.proxy_ro_port,
-            b.mariadb_port
+            b.mariadb_port,
+            b.proxy_admin_port
         ],
-        [17010, 17011, 17012, 17013, 17014, 17015]
+        [17010, 17011, 17012, 17013, 17014, 17015, 17016]
     );
     assert_eq!(b.data_dir, Path::new("/etc/phxsql/data/b"));
     assert_eq!(b.mariadb_datadir, Path::new("/etc/phxsql/data/b/mariadb"));
@@ -211,6 +214,8 @@ proxy:
   idle_timeout: 1h
   master_wait_timeout: 0
   proxy_protocol: false
+  ro_max_lag: 750ms
+  ro_include_master: false
 "
     );
     let text = with(
@@ -240,6 +245,8 @@ proxy:
     assert_eq!(c.proxy.idle_timeout, Some(Duration::from_secs(3600)));
     assert_eq!(c.proxy.master_wait_timeout, Duration::ZERO);
     assert!(!c.proxy.proxy_protocol);
+    assert_eq!(c.proxy.ro_max_lag, Duration::from_millis(750));
+    assert!(!c.proxy.ro_include_master);
     let a = c.node("a").unwrap();
     assert_eq!(a.data_dir, Path::new("/srv/phx/a"));
     let n = c.node("c").unwrap();

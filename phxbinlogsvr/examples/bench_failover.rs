@@ -241,15 +241,16 @@ async fn main() -> Result<()> {
     );
     let admins: Vec<u16> = (0..3).map(|i| pv[i * 3 + 2]).collect();
     for (i, db) in dbs.iter().enumerate() {
-        let extra = free_ports(2);
+        let extra = free_ports(3);
         y += &format!(
             "  - {{name: node{n}, id: {n}, host: 127.0.0.1, paxos_port: {}, binlog_port: {}, admin_port: {}, \
-             proxy_rw_port: {}, proxy_ro_port: {}, mariadb_port: {}, data_dir: {}}}\n",
+             proxy_rw_port: {}, proxy_ro_port: {}, proxy_admin_port: {}, mariadb_port: {}, data_dir: {}}}\n",
             pv[i * 3],
             pv[i * 3 + 1],
             pv[i * 3 + 2],
             extra[0],
             extra[1],
+            extra[2],
             db.port(),
             dir.join(format!("node{}", i + 1)).display(),
             n = i + 1
@@ -267,6 +268,7 @@ async fn main() -> Result<()> {
                 "--node".into(),
                 format!("node{n}"),
                 "--agent".into(),
+                "--without-proxy".into(),
             ],
             log: dir.join(format!("node{n}.log")),
             child: None,

@@ -207,7 +207,7 @@ async fn start_phx(bin: &Path, dir: &Path, extra_args: &[String]) -> Result<Syst
         ))
         .await?;
     }
-    let pv = free_ports(15);
+    let pv = free_ports(18);
     let mut y = String::from(
         "version: 1\ncluster_id: 4343\nname: bench\nlease: {duration: 2s}\ncredentials:\n",
     );
@@ -220,17 +220,18 @@ async fn start_phx(bin: &Path, dir: &Path, extra_args: &[String]) -> Result<Syst
         "  mariadb_admin: {{user: {ADMIN_USER}, password: \"{ADMIN_PASSWORD}\"}}"
     );
     y += "  admin_api: {token: \"bench-token\"}\nnodes:\n";
-    for (i, (db, p)) in dbs.iter().zip(pv.chunks(5)).enumerate() {
+    for (i, (db, p)) in dbs.iter().zip(pv.chunks(6)).enumerate() {
         let n = i + 1;
         let _ = writeln!(
             y,
             "  - {{name: node{n}, id: {n}, host: 127.0.0.1, paxos_port: {}, binlog_port: {}, admin_port: {}, \
-             proxy_rw_port: {}, proxy_ro_port: {}, mariadb_port: {}, data_dir: {}}}",
+             proxy_rw_port: {}, proxy_ro_port: {}, proxy_admin_port: {}, mariadb_port: {}, data_dir: {}}}",
             p[0],
             p[1],
             p[2],
             p[3],
             p[4],
+            p[5],
             db.port(),
             dir.join(format!("node{n}")).display()
         );

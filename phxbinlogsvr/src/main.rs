@@ -54,6 +54,12 @@ struct Args {
     /// shutdown; it dies with this process.
     #[arg(long)]
     supervise_mariadb: bool,
+    /// With the agent: campaign for the lease without a local phxsqlproxy.
+    /// By default a node campaigns only while its proxy sends heartbeats
+    /// (so that a node whose proxy is dead does not become master); use
+    /// this when clients reach MariaDB directly.
+    #[arg(long)]
+    without_proxy: bool,
 }
 
 #[tokio::main]
@@ -87,6 +93,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_inflight: args.max_inflight,
         agent: args.agent || args.supervise_mariadb,
         supervise_mariadb: args.supervise_mariadb,
+        without_proxy: args.without_proxy,
     };
     let server = Server::start(&cfg, &args.node, opts)
         .await

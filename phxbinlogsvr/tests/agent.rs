@@ -81,6 +81,7 @@ impl AgentCluster {
                         "--node".into(),
                         format!("node{n}"),
                         "--agent".into(),
+                        "--without-proxy".into(),
                     ],
                     tmp.path().join(format!("node{n}.log")),
                     env.iter()
@@ -922,7 +923,7 @@ fn pid_alive(pid: u32) -> bool {
 async fn supervised_mariadbs_are_started_restarted_and_die_with_their_binlog_server() {
     let _serial = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
-    let pv = free_ports(18);
+    let pv = free_ports(21);
     let mut y = format!(
         "version: 1\ncluster_id: 4545\nname: sup\nlease: {{duration: 2s}}\ncredentials:\n\
          \x20 replication: {{user: repl, password: \"repl-secret\"}}\n\
@@ -933,24 +934,25 @@ async fn supervised_mariadbs_are_started_restarted_and_die_with_their_binlog_ser
         mariadbd_binary()
     );
     for n in 0..3 {
-        let p = &pv[n * 6..n * 6 + 6];
+        let p = &pv[n * 7..n * 7 + 7];
         y += &format!(
             "  - {{name: node{id}, id: {id}, host: 127.0.0.1, paxos_port: {}, binlog_port: {}, \
-             admin_port: {}, proxy_rw_port: {}, proxy_ro_port: {}, mariadb_port: {}, data_dir: {}}}\n",
+             admin_port: {}, proxy_rw_port: {}, proxy_ro_port: {}, mariadb_port: {}, proxy_admin_port: {}, data_dir: {}}}\n",
             p[0],
             p[1],
             p[2],
             p[3],
             p[4],
             p[5],
+            p[6],
             tmp.path().join(format!("node{}", n + 1)).display(),
             id = n + 1
         );
     }
     let cfg = tmp.path().join("cluster.yaml");
     std::fs::write(&cfg, y).unwrap();
-    let admin = |n: usize| pv[n * 6 + 2];
-    let db_port = |n: usize| pv[n * 6 + 5];
+    let admin = |n: usize| pv[n * 7 + 2];
+    let db_port = |n: usize| pv[n * 7 + 5];
     let pid_of = |n: usize| -> Option<u32> {
         std::fs::read_to_string(tmp.path().join(format!("node{}/mariadb.pid", n + 1)))
             .ok()?
@@ -968,6 +970,7 @@ async fn supervised_mariadbs_are_started_restarted_and_die_with_their_binlog_ser
                     "--node".into(),
                     format!("node{n}"),
                     "--supervise-mariadb".into(),
+                    "--without-proxy".into(),
                 ],
                 tmp.path().join(format!("node{n}.log")),
             )

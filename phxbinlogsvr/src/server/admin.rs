@@ -1,6 +1,6 @@
 //! The admin HTTP API (axum): `GET /status`, `/master`, `/members`,
-//! `/metrics` (unauthenticated, read-only), and `POST /switchover`, which
-//! needs the cluster's `admin_api` token as `Authorization: Bearer <token>`.
+//! `/route`, `/metrics` (unauthenticated, read-only), and `POST /switchover`
+//! and `POST /proxy/heartbeat`, which need the cluster's `admin_api` token as `Authorization: Bearer <token>`.
 //!
 //! `/metrics` is Prometheus text exposition format written by hand: the
 //! counters already live in plain structs (`paxos::NodeCounters`,
@@ -44,6 +44,8 @@ pub struct AdminState {
     pub mariadb: mysql_async::Opts,
     /// The agent, when it runs.
     pub agent: Option<AgentControl>,
+    /// The local proxy's heartbeats (`POST /proxy/heartbeat`).
+    pub proxy: agent::ProxyLiveness,
     /// The `admin_api` token (mutating endpoints).
     pub token: String,
     /// Every voter's id and admin address (a switchover asks its target).
@@ -80,6 +82,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/members", get(members))
         .route("/metrics", get(metrics))
         .route("/switchover", post(switchover))
+        .route("/route", get(route))
+        .route("/proxy/heartbeat", post(proxy_heartbeat))
         .with_state(state)
 }
 
@@ -158,6 +162,35 @@ async fn status(State(s): State<Arc<AdminState>>) -> Response {
         "agent": s.agent.as_ref().map(|a| a.status.get()),
     }))
     .into_response()
+}
+
+/// `GET /route`: what a proxy needs to route, polled several times a second
+/// by every proxy of the cluster, so it reads only memory (no MariaDB
+/// query, no Paxos round): the lease as this node sees it, and the agent's
+/// view of the local MariaDB (role, up, lag).
+async fn route(State(s): State<Arc<AdminState>>) -> Response {
+    let lease = s.handle.master();
+    Json(json!({
+        "node": s.node_name,
+        "node_id": s.node_id,
+        "lease": {
+            "master": lease.map(|(id, _)| id),
+            "master_name": lease.and_then(|(id, _)| s.name_of(id)),
+            "remaining_ms": lease.map(|(_, d)| d.as_millis() as u64),
+            "version": s.handle.lease_version(),
+        },
+        "agent": s.agent.as_ref().map(|a| a.status.get()),
+    }))
+    .into_response()
+}
+
+/// `POST /proxy/heartbeat`: the local proxy is alive (admin token).
+async fn proxy_heartbeat(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, &s.token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    }
+    s.proxy.beat();
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn master(State(s): State<Arc<AdminState>>) -> Response {

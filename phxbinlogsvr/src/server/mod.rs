@@ -99,6 +99,10 @@ pub struct ServerOptions {
     /// The agent runs the local `mariadbd` itself (see
     /// `agent::supervisor`); needs `agent`.
     pub supervise_mariadb: bool,
+    /// With the agent: campaign without a live local proxy (no
+    /// `phxsqlproxy` on this node sending heartbeats). Tests and set-ups
+    /// whose clients reach MariaDB directly.
+    pub without_proxy: bool,
 }
 
 /// How the agent runs this node's `mariadbd`, from the cluster file.
@@ -141,7 +145,39 @@ fn launch_config(cfg: &ClusterConfig, me: &phxsql_config::NodeConfig) -> agent::
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         init_sql,
+        proxy_protocol_networks: if cfg.proxy.proxy_protocol {
+            proxy_addresses(cfg)
+        } else {
+            Vec::new()
+        },
     }
+}
+
+/// Where the cluster's proxies connect from: every node's address (a DNS
+/// name resolved now) and listen address, and local socket connections.
+/// The proxies do not bind their outgoing sockets, so on a host with several
+/// addresses the one routing picks must be among these.
+fn proxy_addresses(cfg: &ClusterConfig) -> Vec<String> {
+    use std::net::ToSocketAddrs;
+    let mut out = std::collections::BTreeSet::new();
+    for n in &cfg.nodes {
+        match n.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                out.insert(ip.to_string());
+            }
+            Err(_) => match (n.host.as_str(), 0).to_socket_addrs() {
+                Ok(addrs) => out.extend(addrs.map(|a| a.ip().to_string())),
+                Err(e) => {
+                    tracing::warn!(host = %n.host, error = %e, "cannot resolve a node's host: its proxy's PROXY headers will be refused")
+                }
+            },
+        }
+        if !n.bind.is_unspecified() {
+            out.insert(n.bind.to_string());
+        }
+    }
+    out.insert("localhost".to_string());
+    out.into_iter().collect()
 }
 
 /// How often the agent looks at the lease and the local MariaDB.
@@ -308,6 +344,7 @@ impl Server {
             .prefer_socket(false)
             .into();
         // The agent.
+        let proxy_liveness = agent::ProxyLiveness::new(agent::PROXY_HEARTBEAT_TIMEOUT);
         let (agent_status, agent_task) = match gates {
             Some(gates) => {
                 let local = agent::LocalMariaDb::new(
@@ -332,6 +369,11 @@ impl Server {
                     gates,
                     AGENT_POLL_INTERVAL,
                 );
+                let a = if opts.without_proxy {
+                    a
+                } else {
+                    a.with_proxy(proxy_liveness.clone())
+                };
                 let a = if opts.supervise_mariadb {
                     let sup = Arc::new(agent::Supervisor::new(launch_config(cfg, &me)));
                     let init = Arc::clone(&sup);
@@ -370,6 +412,7 @@ impl Server {
             master: master_metrics,
             mariadb: mariadb_opts,
             agent: agent_status,
+            proxy: proxy_liveness,
             token: cfg.credentials.admin_token.expose().to_string(),
             voters: cfg
                 .nodes

@@ -38,6 +38,7 @@ pub struct NodePorts {
     pub admin: u16,
     pub proxy_rw: u16,
     pub proxy_ro: u16,
+    pub proxy_admin: u16,
 }
 
 /// The binlog servers' admin account on `db`, not binlogged (it must not
@@ -53,14 +54,15 @@ pub async fn create_admin_user(db: &MariaDb) {
 
 /// Free ports for the binlog servers of `n` nodes.
 pub fn node_ports(n: usize) -> Vec<NodePorts> {
-    free_ports(5 * n)
-        .chunks(5)
+    free_ports(6 * n)
+        .chunks(6)
         .map(|c| NodePorts {
             paxos: c[0],
             binlog: c[1],
             admin: c[2],
             proxy_rw: c[3],
             proxy_ro: c[4],
+            proxy_admin: c[5],
         })
         .collect()
 }
@@ -73,9 +75,48 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
-/// A `phxbinlogsvr` process, killed on drop.
+/// The `phxbinlogsvr` binary: this package's own when compiled in it, else
+/// built on demand (other packages' tests include this file).
+pub fn svr_binary() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_phxbinlogsvr") {
+        Some(p) => p.into(),
+        None => workspace_binary("phxbinlogsvr"),
+    }
+}
+
+/// A binary of another workspace package (named like its package), built (or found up to date) by
+/// `cargo build` once per test process, in this test binary's profile.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|b| b == name) {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", name, "--bin", name]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let ok = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cargo build --bin {name} failed");
+        built.push(name.to_string());
+    }
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} missing after the build", path.display());
+    path
+}
+
+/// A `phxbinlogsvr` (or other) process, killed on drop.
 pub struct Svr {
     pub name: String,
+    /// The executable.
+    pub binary: PathBuf,
     /// Extra environment of the next starts.
     pub env: Vec<(String, String)>,
     args: Vec<String>,
@@ -96,8 +137,20 @@ impl Svr {
         log: PathBuf,
         env: Vec<(String, String)>,
     ) -> Svr {
+        Svr::spawn_binary(svr_binary(), name, args, log, env)
+    }
+
+    /// Runs `binary` (any of the project's daemons) the same way.
+    pub fn spawn_binary(
+        binary: PathBuf,
+        name: &str,
+        args: Vec<String>,
+        log: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Svr {
         let mut s = Svr {
             name: name.into(),
+            binary,
             env,
             args,
             log,
@@ -113,7 +166,7 @@ impl Svr {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_phxbinlogsvr"))
+        let child = Command::new(&self.binary)
             .args(&self.args)
             .env(
                 "RUST_LOG",
@@ -319,12 +372,13 @@ pub fn write_config(dir: &Path, dbs: &[Arc<MariaDb>], ports: &[NodePorts]) -> Pa
         let n = i + 1;
         y += &format!(
             "  - {{name: node{n}, id: {n}, host: 127.0.0.1, paxos_port: {}, binlog_port: {}, admin_port: {}, \
-             proxy_rw_port: {}, proxy_ro_port: {}, mariadb_port: {}, data_dir: {}}}\n",
+             proxy_rw_port: {}, proxy_ro_port: {}, proxy_admin_port: {}, mariadb_port: {}, data_dir: {}}}\n",
             p.paxos,
             p.binlog,
             p.admin,
             p.proxy_rw,
             p.proxy_ro,
+            p.proxy_admin,
             db.port(),
             dir.join(format!("node{n}")).display()
         );

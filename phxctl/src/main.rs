@@ -1,0 +1,182 @@
+//! `phxctl`: runs a phxsql cluster through the nodes' admin APIs.
+//!
+//! ```text
+//! phxctl --config cluster.yaml status [--json]
+//! phxctl --config cluster.yaml switchover --to node2
+//! phxctl local up|down|status          # a cluster on this machine (configs/cluster-3.yaml)
+//! ```
+
+mod local;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use phxsql_adminapi::AdminClient;
+use phxsql_config::ClusterConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "phxctl", about = "Runs a phxsql cluster")]
+struct Args {
+    /// The cluster file (YAML). Default: $PHXSQL_CONFIG, and for `local`,
+    /// configs/cluster-3.yaml.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One line per node: role, lease left, chosen and applied GTIDs, lag, health.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the master lease to NODE with minimal write downtime.
+    Switchover {
+        /// The node to become master.
+        #[arg(long)]
+        to: String,
+    },
+    /// A cluster whose nodes all run on this machine.
+    Local {
+        #[command(subcommand)]
+        action: LocalCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LocalCmd {
+    /// Start every node (MariaDB, binlog server, proxy) in the background,
+    /// wait for a master, print how to connect.
+    Up,
+    /// Stop every node cleanly.
+    Down,
+    /// Same as `phxctl status`.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Default cluster file of `phxctl local`.
+const LOCAL_DEFAULT_CONFIG: &str = "configs/cluster-3.yaml";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("phxctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("phxctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(given: Option<PathBuf>, local: bool) -> Result<ClusterConfig> {
+    let path = given
+        .or_else(|| std::env::var_os("PHXSQL_CONFIG").map(PathBuf::from))
+        .or_else(|| local.then(|| PathBuf::from(LOCAL_DEFAULT_CONFIG)));
+    let Some(path) = path else {
+        bail!("no cluster file: pass --config FILE (or set PHXSQL_CONFIG)");
+    };
+    Ok(ClusterConfig::load(&path)?)
+}
+
+async fn run(args: Args) -> Result<()> {
+    match args.command {
+        Cmd::Status { json } => {
+            let cfg = load_config(args.config, false)?;
+            status::print(&cfg, json).await
+        }
+        Cmd::Switchover { to } => {
+            let cfg = load_config(args.config, false)?;
+            switchover(&cfg, &to).await
+        }
+        Cmd::Local { action } => {
+            let cfg = load_config(args.config, true)?;
+            match action {
+                LocalCmd::Up => local::up(&cfg).await,
+                LocalCmd::Down => local::down(&cfg).await,
+                LocalCmd::Status { json } => status::print(&cfg, json).await,
+            }
+        }
+    }
+}
+
+/// A client of `node`'s admin API with the cluster's token.
+pub fn admin(cfg: &ClusterConfig, node: &phxsql_config::NodeConfig) -> AdminClient {
+    AdminClient::new(
+        node.admin_addr(),
+        Some(cfg.credentials.admin_token.expose().to_string()),
+        Duration::from_secs(3),
+    )
+}
+
+/// The lease holder as the first answering node sees it.
+pub async fn current_master(cfg: &ClusterConfig) -> Option<String> {
+    for node in &cfg.nodes {
+        if let Ok(m) = admin(cfg, node).get_json("/master").await
+            && let Some(name) = m["master_name"].as_str()
+        {
+            return Some(name.to_string());
+        }
+    }
+    None
+}
+
+/// Waits until `name`'s agent reports the promotion done.
+pub async fn wait_promoted(cfg: &ClusterConfig, name: &str, timeout: Duration) -> Result<()> {
+    let node = cfg.node(name)?;
+    let mut client = admin(cfg, node);
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = client.get_json("/route").await
+            && r["agent"]["role"] == "master"
+        {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("{name} did not finish its promotion within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn switchover(cfg: &ClusterConfig, to: &str) -> Result<()> {
+    cfg.node(to)?;
+    let Some(master) = current_master(cfg).await else {
+        bail!("no node reports a master: nothing to switch over (is an election under way?)");
+    };
+    if master == to {
+        println!("{to} is already the master");
+        return Ok(());
+    }
+    let start = Instant::now();
+    let answer = admin(cfg, cfg.node(&master)?)
+        .post_json("/switchover", Some(&serde_json::json!({ "to": to })))
+        .await
+        .with_context(|| format!("asking the master {master} to hand over to {to}"))?;
+    wait_promoted(cfg, to, Duration::from_secs(30)).await?;
+    println!(
+        "switched over from {master} to {to} in {} ms (drained in {} ms)",
+        start.elapsed().as_millis(),
+        answer["drained_ms"].as_u64().unwrap_or(0)
+    );
+    Ok(())
+}

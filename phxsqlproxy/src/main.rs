@@ -1,0 +1,75 @@
+//! `phxsqlproxy --config FILE --node NAME`: the read-write and read-only
+//! MySQL ports of one node (see the library docs).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use phxsqlproxy::Proxy;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "phxsqlproxy",
+    about = "phxsql proxy: a read-write port routed to the master, a read-only port served by a healthy replica"
+)]
+struct Args {
+    /// The cluster file (YAML).
+    #[arg(long)]
+    config: PathBuf,
+    /// This node's name in the cluster file.
+    #[arg(long)]
+    node: String,
+    /// Runtime threads relaying connections (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("phxsqlproxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("phxsqlproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = phxsql_config::ClusterConfig::load(&args.config)?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let mut proxy = Proxy::start(&cfg, &args.node)
+        .await
+        .with_context(|| format!("starting the proxy of node {}", args.node))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let result = tokio::select! {
+        r = proxy.wait() => r.map_err(anyhow::Error::from),
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted"); Ok(()) }
+        _ = term.recv() => { tracing::info!("terminated"); Ok(()) }
+    };
+    proxy.shutdown().await;
+    result
+}
