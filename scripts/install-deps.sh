@@ -2,6 +2,7 @@
 # Installs what the test suite needs beyond Rust, from Debian/Ubuntu packages,
 # and does nothing when it is all present:
 #   mariadb-server, mariadb-client  the servers the tests start, the CLI client
+#   mariadb-backup                  phxctl node rebuild (on every node)
 #   sysbench                        proxy tests and benchmarks
 #   python3-pymysql                 the proxy tests' Python driver (run with /usr/bin/python3)
 #
@@ -16,6 +17,7 @@ if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
     missing+=(mariadb-server)
 fi
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+command -v mariadb-backup >/dev/null 2>&1 || missing+=(mariadb-backup)
 command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
 if ! /usr/bin/python3 -c 'import pymysql' >/dev/null 2>&1; then
     missing+=(python3-pymysql)

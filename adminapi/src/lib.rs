@@ -113,6 +113,102 @@ impl AdminClient {
         })
     }
 
+    /// `GET path` (with the token) saved to `dest`, for large answers:
+    /// each piece must arrive within `stall` (no overall deadline), and the
+    /// length must match the answer's Content-Length. `progress(done,
+    /// total)` is called as pieces arrive. Returns the bytes written.
+    pub async fn download(
+        &mut self,
+        path: &str,
+        dest: &std::path::Path,
+        stall: Duration,
+        mut progress: impl FnMut(u64, Option<u64>),
+    ) -> Result<u64, AdminError> {
+        use tokio::io::AsyncWriteExt;
+        let addr = self.addr.clone();
+        let http = |reason: String| AdminError::Http {
+            addr: addr.clone(),
+            reason,
+        };
+        let stream =
+            TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| AdminError::Connect {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(header::HOST, &self.addr);
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| http(e.to_string()))?;
+        // The server may take a while before the first byte (it makes the
+        // whole backup first): no stall limit on the headers.
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| http(e.to_string()))?
+                .to_bytes();
+            return self.json(path, status, &body).map(|_| 0);
+        }
+        let total = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| http(format!("creating {}: {e}", dest.display())))?;
+        let mut body = resp.into_body();
+        let mut done = 0u64;
+        loop {
+            let frame = match tokio::time::timeout(stall, body.frame()).await {
+                Err(_) => {
+                    return Err(AdminError::Timeout {
+                        addr: self.addr.clone(),
+                        timeout: stall,
+                    });
+                }
+                Ok(None) => break,
+                Ok(Some(f)) => f.map_err(|e| http(e.to_string()))?,
+            };
+            if let Ok(data) = frame.into_data() {
+                file.write_all(&data)
+                    .await
+                    .map_err(|e| http(format!("writing {}: {e}", dest.display())))?;
+                done += data.len() as u64;
+                progress(done, total);
+            }
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| http(format!("syncing {}: {e}", dest.display())))?;
+        if let Some(t) = total
+            && t != done
+        {
+            return Err(http(format!("cut short: {done} of {t} bytes")));
+        }
+        Ok(done)
+    }
+
     /// One request; the connection is dropped (and made again next time)
     /// after any failure.
     pub async fn request(

@@ -23,4 +23,4 @@ pub use role::{LeaseView, Role, ServerIds};
 pub use runner::{
     Agent, AgentStatus, ClusterView, Gates, PROXY_HEARTBEAT_TIMEOUT, ProxyLiveness, StatusHandle,
 };
-pub use supervisor::{LaunchConfig, Supervisor};
+pub use supervisor::{LaunchConfig, RESTORED_GTID_FILE, Supervisor};

@@ -163,6 +163,21 @@ impl LocalMariaDb {
         })
     }
 
+    /// After a restore from a backup: make the backup's GTID position this
+    /// server's own (its binlog state, from which replication and the
+    /// divergence check start), and forget any old replication set-up.
+    pub async fn adopt_restored_position(&self, gtid: &str) -> Result<(), MariaDbError> {
+        let sql = format!(
+            "STOP SLAVE; RESET SLAVE ALL; RESET MASTER; \
+             SET GLOBAL gtid_binlog_state = {q}; SET GLOBAL gtid_slave_pos = {q}",
+            q = quote(gtid)
+        );
+        let mut c = self.conn().await?;
+        c.query_drop(sql).await?;
+        drop(c.disconnect().await);
+        Ok(())
+    }
+
     /// Carries out one SQL step.
     pub async fn apply(&self, action: &Action) -> Result<(), MariaDbError> {
         let sql = match action {

@@ -265,6 +265,26 @@ impl<V: ClusterView> Agent<V> {
                 None
             }
         };
+        // A data directory restored from a backup (`phxctl node rebuild`):
+        // adopt its GTID position before anything else looks at it.
+        if mariadb.is_some()
+            && let Some(sup) = &self.supervisor
+            && let Some(gtid) = sup.restored_position()
+        {
+            match tokio::time::timeout(STEP_TIMEOUT, self.mariadb.adopt_restored_position(&gtid))
+                .await
+            {
+                Ok(Ok(())) => {
+                    sup.restored_position_adopted();
+                    tracing::info!(%gtid, "agent: restored data directory: adopted its GTID position");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%gtid, error = %e, "agent: cannot adopt the restored GTID position yet")
+                }
+                Err(_) => tracing::warn!("agent: adopting the restored GTID position timed out"),
+            }
+            return;
+        }
         let obs = Observation {
             lease: self.view.lease(),
             lease_version: self.view.lease_version(),

@@ -149,6 +149,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SupervisorError 
     move |source| SupervisorError::Io { what, source }
 }
 
+/// In a data directory restored from a backup: the backup's GTID position
+/// (a backup carries no binary log, so MariaDB would not know it).
+pub const RESTORED_GTID_FILE: &str = "phxsql-restored-gtid";
+
 /// The local `mariadbd` process.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -166,6 +170,19 @@ impl Supervisor {
 
     pub fn error_log(&self) -> PathBuf {
         self.cfg.run_dir.join("mariadb.err")
+    }
+
+    /// The GTID position a restored data directory was backed up at, left
+    /// by `phxctl node rebuild` in [`RESTORED_GTID_FILE`]; the agent adopts
+    /// it (see `LocalMariaDb::adopt_restored_position`) and then calls
+    /// [`Supervisor::restored_position_adopted`].
+    pub fn restored_position(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.cfg.datadir.join(RESTORED_GTID_FILE)).ok()?;
+        Some(text.trim().to_string())
+    }
+
+    pub fn restored_position_adopted(&self) {
+        let _ = std::fs::remove_file(self.cfg.datadir.join(RESTORED_GTID_FILE));
     }
 
     fn cnf_path(&self) -> PathBuf {

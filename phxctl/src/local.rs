@@ -79,8 +79,17 @@ fn check_local(cfg: &ClusterConfig) -> Result<()> {
     Ok(())
 }
 
-pub async fn up(cfg: &ClusterConfig) -> Result<()> {
+/// The nodes an action applies to: `only`, or all.
+fn selected<'a>(cfg: &'a ClusterConfig, only: Option<&str>) -> Result<Vec<&'a NodeConfig>> {
+    match only {
+        Some(name) => Ok(vec![cfg.node(name)?]),
+        None => Ok(cfg.nodes.iter().collect()),
+    }
+}
+
+pub async fn up(cfg: &ClusterConfig, only: Option<&str>) -> Result<()> {
     check_local(cfg)?;
+    let nodes = selected(cfg, only)?;
     let config = fs::canonicalize(&cfg.source)
         .with_context(|| format!("reading {}", cfg.source.display()))?;
     // Debian installs mariadbd in /usr/sbin, which is not on every PATH.
@@ -89,7 +98,7 @@ pub async fn up(cfg: &ClusterConfig) -> Result<()> {
         Ok(p) => format!("{p}:/usr/sbin"),
         Err(_) => "/usr/local/bin:/usr/bin:/bin:/usr/sbin".into(),
     };
-    for node in &cfg.nodes {
+    for node in &nodes {
         fs::create_dir_all(&node.data_dir)
             .with_context(|| format!("creating {}", node.data_dir.display()))?;
         for daemon in DAEMONS {
@@ -137,7 +146,7 @@ pub async fn up(cfg: &ClusterConfig) -> Result<()> {
         {
             break m;
         }
-        for node in &cfg.nodes {
+        for node in &nodes {
             if running(&pid_file(node, "phxbinlogsvr"), "phxbinlogsvr").is_none() {
                 bail!(
                     "{}'s binlog server exited; the end of {} says why",
@@ -165,7 +174,7 @@ pub async fn up(cfg: &ClusterConfig) -> Result<()> {
     // initialising its MariaDB).
     loop {
         let mut pending = Vec::new();
-        for node in &cfg.nodes {
+        for node in &nodes {
             let ready = crate::admin(cfg, node)
                 .get_json("/route")
                 .await
@@ -254,12 +263,13 @@ async fn create_demo_account(cfg: &ClusterConfig, master: &NodeConfig) -> Result
         .context("creating the demo account through the read-write port")
 }
 
-pub async fn down(cfg: &ClusterConfig) -> Result<()> {
+pub async fn down(cfg: &ClusterConfig, only: Option<&str>) -> Result<()> {
     check_local(cfg)?;
+    let nodes = selected(cfg, only)?;
     // Proxies first (clients stop arriving), then the binlog servers.
     let mut waiting = Vec::new();
     for daemon in DAEMONS.iter().rev() {
-        for node in &cfg.nodes {
+        for node in &nodes {
             let path = pid_file(node, daemon);
             match running(&path, daemon) {
                 Some(pid) => {

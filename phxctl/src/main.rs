@@ -7,6 +7,8 @@
 //! ```
 
 mod local;
+mod member;
+mod rebuild;
 mod status;
 
 use std::path::PathBuf;
@@ -43,6 +45,16 @@ enum Cmd {
         #[arg(long)]
         to: String,
     },
+    /// Membership: grow or shrink the set of nodes.
+    Member {
+        #[command(subcommand)]
+        action: MemberCmd,
+    },
+    /// One node: `node rebuild NODE --from PEER`.
+    Node {
+        #[command(subcommand)]
+        action: NodeCmd,
+    },
     /// A cluster whose nodes all run on this machine.
     Local {
         #[command(subcommand)]
@@ -51,12 +63,41 @@ enum Cmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum MemberCmd {
+    /// Add NODE (in the cluster file, its processes running): it joins as a
+    /// learner, catches up, then votes.
+    Add { node: String },
+    /// Remove NODE from the membership (stop its processes afterwards).
+    Remove { node: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// Re-seed NODE's MariaDB from PEER (mariadb-backup), then let it catch
+    /// up and rejoin. NODE runs on this machine (started by `phxctl local`).
+    Rebuild {
+        node: String,
+        /// A healthy node to copy from (a caught-up replica is best).
+        #[arg(long)]
+        from: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum LocalCmd {
     /// Start every node (MariaDB, binlog server, proxy) in the background,
     /// wait for a master, print how to connect.
-    Up,
+    Up {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Stop every node cleanly.
-    Down,
+    Down {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Same as `phxctl status`.
     Status {
         #[arg(long)]
@@ -108,11 +149,24 @@ async fn run(args: Args) -> Result<()> {
             let cfg = load_config(args.config, false)?;
             switchover(&cfg, &to).await
         }
+        Cmd::Member { action } => {
+            let cfg = load_config(args.config, false)?;
+            match action {
+                MemberCmd::Add { node } => member::add(&cfg, &node).await,
+                MemberCmd::Remove { node } => member::remove(&cfg, &node).await,
+            }
+        }
+        Cmd::Node {
+            action: NodeCmd::Rebuild { node, from },
+        } => {
+            let cfg = load_config(args.config, false)?;
+            rebuild::rebuild(&cfg, &node, &from).await
+        }
         Cmd::Local { action } => {
             let cfg = load_config(args.config, true)?;
             match action {
-                LocalCmd::Up => local::up(&cfg).await,
-                LocalCmd::Down => local::down(&cfg).await,
+                LocalCmd::Up { node } => local::up(&cfg, node.as_deref()).await,
+                LocalCmd::Down { node } => local::down(&cfg, node.as_deref()).await,
                 LocalCmd::Status { json } => status::print(&cfg, json).await,
             }
         }

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone)]
 pub struct NodeRow {
     pub node: String,
+    /// `voter`, `learner`, or `-` (not a member).
+    pub member: String,
     pub role: String,
     pub lease_left_ms: Option<u64>,
     pub chosen_gtid: String,
@@ -26,6 +28,7 @@ impl NodeRow {
     fn to_json(&self) -> Value {
         json!({
             "node": self.node,
+            "member": self.member,
             "role": self.role,
             "lease_left_ms": self.lease_left_ms,
             "chosen_gtid": self.chosen_gtid,
@@ -39,10 +42,36 @@ impl NodeRow {
 
 /// Asks every node.
 pub async fn gather(cfg: &ClusterConfig) -> Vec<NodeRow> {
-    let asks = cfg.nodes.iter().map(|n| row(cfg, n));
+    // The membership, from the first node that answers.
+    let mut members = None;
+    for n in &cfg.nodes {
+        if let Ok(m) = crate::admin(cfg, n).get_json("/members").await {
+            members = Some(m);
+            break;
+        }
+    }
+    let kind = |id: u64| -> String {
+        let Some(m) = &members else {
+            return "?".into();
+        };
+        let has = |key: &str| {
+            m[key]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v["id"].as_u64() == Some(id)))
+        };
+        if has("voters") {
+            "voter".into()
+        } else if has("learners") {
+            "learner".into()
+        } else {
+            "-".into()
+        }
+    };
     let mut rows = Vec::new();
-    for ask in asks {
-        rows.push(ask.await);
+    for n in &cfg.nodes {
+        let mut r = row(cfg, n).await;
+        r.member = kind(n.id);
+        rows.push(r);
     }
     rows
 }
@@ -50,6 +79,7 @@ pub async fn gather(cfg: &ClusterConfig) -> Vec<NodeRow> {
 async fn row(cfg: &ClusterConfig, node: &NodeConfig) -> NodeRow {
     let mut row = NodeRow {
         node: node.name.clone(),
+        member: String::new(),
         role: "-".into(),
         lease_left_ms: None,
         chosen_gtid: String::new(),
@@ -126,6 +156,7 @@ pub async fn print(cfg: &ClusterConfig, as_json: bool) -> Result<()> {
 pub fn table(cluster: &str, rows: &[NodeRow]) -> String {
     let header = [
         "Node",
+        "Member",
         "Role",
         "Lease left",
         "Chosen GTID",
@@ -133,11 +164,12 @@ pub fn table(cluster: &str, rows: &[NodeRow]) -> String {
         "Lag",
         "Health",
     ];
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
             [
                 r.node.clone(),
+                r.member.clone(),
                 r.role.clone(),
                 r.lease_left_ms
                     .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
@@ -198,6 +230,7 @@ mod tests {
         let rows = vec![
             NodeRow {
                 node: "node1".into(),
+                member: "voter".into(),
                 role: "master".into(),
                 lease_left_ms: Some(1800),
                 chosen_gtid: "0-1001001-7".into(),
@@ -208,6 +241,7 @@ mod tests {
             },
             NodeRow {
                 node: "node2".into(),
+                member: "voter".into(),
                 role: "-".into(),
                 lease_left_ms: None,
                 chosen_gtid: String::new(),
@@ -226,7 +260,7 @@ mod tests {
                 .iter()
                 .all(|l| l.chars().count() == lines[1].chars().count())
         );
-        assert!(lines[3].contains("| node1 | master | 1.8 s"));
+        assert!(lines[3].contains("| node1 | voter  | master | 1.8 s"));
         assert!(lines[4].contains("binlog server unreachable"));
     }
 }

@@ -21,6 +21,11 @@ struct Ports {
 }
 
 fn write_config(dir: &Path, token: &str, ports: &[u16]) -> PathBuf {
+    write_config_n(dir, token, ports, 3, &format!("cluster-{token}.yaml"))
+}
+
+/// `n` nodes (the fourth, if any, a learner) in `dir/file`.
+fn write_config_n(dir: &Path, token: &str, ports: &[u16], n: usize, file: &str) -> PathBuf {
     let mut y = format!(
         "version: 1\ncluster_id: 6161\nname: phxctl-e2e\ndata_root: {}\n\
          credentials:\n  replication: {{user: phxsql_repl, password: \"r-secret\"}}\n  \
@@ -29,10 +34,11 @@ fn write_config(dir: &Path, token: &str, ports: &[u16]) -> PathBuf {
          nodes:\n",
         dir.join("data").display()
     );
-    for n in 0..3 {
-        let p = &ports[n * 7..n * 7 + 7];
+    for i in 0..n {
+        let p = &ports[i * 7..i * 7 + 7];
+        let role = if i >= 3 { "learner" } else { "voter" };
         y += &format!(
-            "  - {{name: node{id}, id: {id}, host: 127.0.0.1, paxos_port: {}, binlog_port: {}, admin_port: {}, \
+            "  - {{name: node{id}, id: {id}, role: {role}, host: 127.0.0.1, paxos_port: {}, binlog_port: {}, admin_port: {}, \
              proxy_rw_port: {}, proxy_ro_port: {}, mariadb_port: {}, proxy_admin_port: {}}}\n",
             p[0],
             p[1],
@@ -41,10 +47,10 @@ fn write_config(dir: &Path, token: &str, ports: &[u16]) -> PathBuf {
             p[4],
             p[5],
             p[6],
-            id = n + 1
+            id = i + 1
         );
     }
-    let path = dir.join(format!("cluster-{token}.yaml"));
+    let path = dir.join(file);
     std::fs::write(&path, y).unwrap();
     path
 }
@@ -200,4 +206,261 @@ async fn local_cluster_up_status_switchover_down() {
     let out = phxctl(&cfg, &["local", "down"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing is running"));
+}
+
+/// Rows acknowledged by the writer.
+type Acked = std::sync::Arc<std::sync::Mutex<Vec<u64>>>;
+
+/// Inserts rows through `port` until `stop`, recording each acknowledged id;
+/// reconnects after errors (a failover or a membership change may cut a
+/// connection: those rows were not acknowledged).
+async fn writer(port: u16, acked: Acked, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let opts: mysql_async::Opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some("demo"))
+        .pass(Some("demo-password"))
+        .db_name(Some("demo"))
+        .prefer_socket(false)
+        .into();
+    let mut next = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok(mut conn) = mysql_async::Conn::new(opts.clone()).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            next += 1;
+            match conn
+                .exec_drop("INSERT INTO w (id) VALUES (?)", (next,))
+                .await
+            {
+                Ok(()) => acked.lock().unwrap().push(next),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Every acknowledged id is on the MariaDB at `port` (admin account).
+async fn assert_has_all(port: u16, acked: &[u64]) {
+    let opts: mysql_async::Opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some("phxsql_admin"))
+        .pass(Some("a-secret"))
+        .prefer_socket(false)
+        .into();
+    let mut conn = mysql_async::Conn::new(opts).await.unwrap();
+    let max = *acked.iter().max().unwrap_or(&0);
+    wait_until(
+        "every acknowledged row",
+        Duration::from_secs(60),
+        async || {
+            conn.query_first::<u64, _>(format!("SELECT COUNT(*) FROM demo.w WHERE id <= {max}"))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|n| n >= acked.len() as u64)
+        },
+    )
+    .await;
+    let have: Vec<u64> = conn.query("SELECT id FROM demo.w").await.unwrap();
+    let have: std::collections::HashSet<u64> = have.into_iter().collect();
+    let missing: Vec<&u64> = acked.iter().filter(|id| !have.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "port {port} lacks acknowledged rows {missing:?}"
+    );
+}
+
+/// A live cluster grows from 3 to 4 nodes (the new one joins as a learner,
+/// catches up from nothing, then votes) and shrinks back, with writes
+/// running throughout; no acknowledged write is lost anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_grows_to_four_and_back_under_writes() {
+    workspace_binary("phxbinlogsvr");
+    workspace_binary("phxsqlproxy");
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = free_ports(28);
+    let cfg3 = write_config_n(tmp.path(), "t", &ports, 3, "three.yaml");
+    let cfg4 = write_config_n(tmp.path(), "t", &ports, 4, "four.yaml");
+    let mariadb = |i: usize| ports[i * 7 + 5];
+    let rw = ports[3];
+
+    let _down = Down(cfg4.clone());
+    assert!(phxctl(&cfg3, &["local", "up"]).status.success());
+    let mut w = mysql_async::Conn::new(
+        OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(rw)
+            .user(Some("demo"))
+            .pass(Some("demo-password"))
+            .db_name(Some("demo"))
+            .prefer_socket(false),
+    )
+    .await
+    .unwrap();
+    w.query_drop("CREATE TABLE w (id BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    drop(w);
+
+    let acked: Acked = Default::default();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(writer(rw, acked.clone(), stop.clone()));
+    wait_until("writes flowing", Duration::from_secs(30), async || {
+        acked.lock().unwrap().len() > 20
+    })
+    .await;
+
+    // Grow: node4's processes start (it is not a member yet), then it joins.
+    assert!(
+        phxctl(&cfg4, &["local", "up", "--node", "node4"])
+            .status
+            .success()
+    );
+    let out = phxctl(&cfg4, &["member", "add", "node4"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node4 is a voter"));
+    let status = status_json(&cfg4);
+    let node4 = &status["nodes"][3];
+    assert_eq!(node4["member"], "voter", "{status}");
+    assert_eq!(node4["role"], "replica", "{status}");
+    let before = acked.lock().unwrap().len();
+    wait_until(
+        "writes flowing with four voters",
+        Duration::from_secs(30),
+        async || acked.lock().unwrap().len() > before + 20,
+    )
+    .await;
+
+    // Shrink: node4 leaves, then stops; writes go on with three.
+    assert!(
+        phxctl(&cfg4, &["member", "remove", "node4"])
+            .status
+            .success()
+    );
+    let snapshot: Vec<u64> = acked.lock().unwrap().clone();
+    assert_has_all(mariadb(3), &snapshot).await;
+    assert!(
+        phxctl(&cfg4, &["local", "down", "--node", "node4"])
+            .status
+            .success()
+    );
+    let before = acked.lock().unwrap().len();
+    wait_until(
+        "writes flowing with three voters again",
+        Duration::from_secs(30),
+        async || acked.lock().unwrap().len() > before + 20,
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+    let acked: Vec<u64> = acked.lock().unwrap().clone();
+    eprintln!("{} acknowledged writes", acked.len());
+    for i in 0..3 {
+        assert_has_all(mariadb(i), &acked).await;
+    }
+    let status = status_json(&cfg4);
+    assert_eq!(status["nodes"][3]["member"], "-", "{status}");
+}
+
+/// A replica written behind the cluster's back (the admin account passes
+/// read_only) is reported diverged; `node rebuild` re-seeds it from a peer,
+/// after which it is a healthy replica again, without the stray row and
+/// with every acknowledged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_node_is_rebuilt_from_a_peer() {
+    workspace_binary("phxbinlogsvr");
+    workspace_binary("phxsqlproxy");
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = free_ports(21);
+    let cfg = write_config(tmp.path(), "rb", &ports);
+    let mariadb = |i: usize| ports[i * 7 + 5];
+    let _down = Down(cfg.clone());
+    assert!(phxctl(&cfg, &["local", "up"]).status.success());
+    let master = master_of(&status_json(&cfg)).unwrap();
+    let m: usize = master.trim_start_matches("node").parse::<usize>().unwrap() - 1;
+    let (bad, good) = ((m + 1) % 3, (m + 2) % 3);
+
+    let demo = |port: u16| -> mysql_async::Opts {
+        OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(port)
+            .user(Some("demo"))
+            .pass(Some("demo-password"))
+            .db_name(Some("demo"))
+            .prefer_socket(false)
+            .into()
+    };
+    let rw = ports[m * 7 + 3];
+    let mut w = mysql_async::Conn::new(demo(rw)).await.unwrap();
+    w.query_drop("CREATE TABLE w (id BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for id in 1..=50u64 {
+        w.exec_drop("INSERT INTO w VALUES (?)", (id,))
+            .await
+            .unwrap();
+        acked.push(id);
+    }
+    assert_has_all(mariadb(bad), &acked).await;
+
+    // The stray write.
+    let admin: mysql_async::Opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(mariadb(bad))
+        .user(Some("phxsql_admin"))
+        .pass(Some("a-secret"))
+        .prefer_socket(false)
+        .into();
+    let mut rogue = mysql_async::Conn::new(admin.clone()).await.unwrap();
+    rogue
+        .query_drop("INSERT INTO demo.w VALUES (999999)")
+        .await
+        .unwrap();
+    drop(rogue);
+    let bad_name = format!("node{}", bad + 1);
+    wait_until(
+        "the replica reported diverged",
+        Duration::from_secs(30),
+        async || status_json(&cfg)["nodes"][bad]["role"] == "diverged",
+    )
+    .await;
+
+    // Rebuild it from the other replica while writes go on.
+    for id in 51..=60u64 {
+        w.exec_drop("INSERT INTO w VALUES (?)", (id,))
+            .await
+            .unwrap();
+        acked.push(id);
+    }
+    let from = format!("node{}", good + 1);
+    let out = phxctl(&cfg, &["node", "rebuild", &bad_name, "--from", &from]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt from"));
+    for id in 61..=70u64 {
+        w.exec_drop("INSERT INTO w VALUES (?)", (id,))
+            .await
+            .unwrap();
+        acked.push(id);
+    }
+    wait_until(
+        "the rebuilt node healthy",
+        Duration::from_secs(30),
+        async || {
+            let s = status_json(&cfg);
+            s["nodes"][bad]["role"] == "replica" && s["nodes"][bad]["health"] == "ok"
+        },
+    )
+    .await;
+    assert_has_all(mariadb(bad), &acked).await;
+    let mut c = mysql_async::Conn::new(admin).await.unwrap();
+    let stray: Option<u64> = c
+        .query_first("SELECT COUNT(*) FROM demo.w WHERE id = 999999")
+        .await
+        .unwrap();
+    assert_eq!(stray, Some(0), "the stray row is gone");
 }

@@ -1,6 +1,9 @@
-//! The admin HTTP API (axum): `GET /status`, `/master`, `/members`,
-//! `/route`, `/metrics` (unauthenticated, read-only), and `POST /switchover`
-//! and `POST /proxy/heartbeat`, which need the cluster's `admin_api` token as `Authorization: Bearer <token>`.
+//! The admin HTTP API (axum). Read-only, unauthenticated: `GET /status`,
+//! `/master`, `/members`, `/route`, `/metrics`. With the cluster's
+//! `admin_api` token as `Authorization: Bearer <token>`: `POST /switchover`,
+//! `POST /members` (membership changes, on the master), `POST
+//! /proxy/heartbeat`, and `GET /backup` (a physical backup of the local
+//! MariaDB, for `phxctl node rebuild`).
 //!
 //! `/metrics` is Prometheus text exposition format written by hand: the
 //! counters already live in plain structs (`paxos::NodeCounters`,
@@ -50,6 +53,10 @@ pub struct AdminState {
     pub token: String,
     /// Every voter's id and admin address (a switchover asks its target).
     pub voters: Vec<(u64, String)>,
+    /// Where `GET /backup` stages its backup (`<data_dir>/backup`).
+    pub backup_dir: std::path::PathBuf,
+    /// One backup at a time.
+    pub backup_busy: tokio::sync::Mutex<()>,
 }
 
 /// What the switchover needs of the agent.
@@ -79,10 +86,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/master", get(master))
-        .route("/members", get(members))
+        .route("/members", get(members).post(change_members))
         .route("/metrics", get(metrics))
         .route("/switchover", post(switchover))
         .route("/route", get(route))
+        .route("/backup", get(backup))
         .route("/proxy/heartbeat", post(proxy_heartbeat))
         .with_state(state)
 }
@@ -182,6 +190,207 @@ async fn route(State(s): State<Arc<AdminState>>) -> Response {
         "agent": s.agent.as_ref().map(|a| a.status.get()),
     }))
     .into_response()
+}
+
+/// `POST /members`: a membership change, sent to the master (admin token).
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum MemberRequest {
+    /// A node that receives every value without voting (it catches up).
+    AddLearner { node: u64, paxos_addr: String },
+    /// A learner that votes from now on.
+    Promote { node: u64 },
+    /// A voter or learner that leaves.
+    Remove { node: u64 },
+}
+
+async fn change_members(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Json(req): Json<MemberRequest>,
+) -> Response {
+    if !authorized(&headers, &s.token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    }
+    if !s.handle.is_master() {
+        let hint = s
+            .handle
+            .master()
+            .and_then(|(id, _)| s.name_of(id))
+            .map_or("no master is known now".to_string(), |m| {
+                format!("the master is {m}")
+            });
+        return error(
+            StatusCode::CONFLICT,
+            format!("membership changes go to the master; {hint}"),
+        );
+    }
+    let st = match s.handle.status().await {
+        Ok(st) => st,
+        Err(e) => return internal(e),
+    };
+    let m = &st.membership;
+    let op = match req {
+        MemberRequest::AddLearner { node, paxos_addr } => {
+            if m.voters.contains_key(&node) || m.learners.contains_key(&node) {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!("node {node} is a member already"),
+                );
+            }
+            paxos::MembershipOp::AddLearner {
+                node,
+                addr: paxos_addr,
+            }
+        }
+        MemberRequest::Promote { node } => {
+            if !m.learners.contains_key(&node) {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!("node {node} is not a learner: add it first"),
+                );
+            }
+            paxos::MembershipOp::Promote { node }
+        }
+        MemberRequest::Remove { node } => {
+            if node == s.node_id {
+                return error(
+                    StatusCode::CONFLICT,
+                    "the master cannot remove itself: switch over first",
+                );
+            }
+            if !m.voters.contains_key(&node) && !m.learners.contains_key(&node) {
+                return error(StatusCode::CONFLICT, format!("node {node} is not a member"));
+            }
+            if m.voters.contains_key(&node) && m.voters.len() <= 2 {
+                return error(
+                    StatusCode::CONFLICT,
+                    "removing it would leave one voter: a cluster needs a majority of two or more to survive a failure",
+                );
+            }
+            paxos::MembershipOp::Remove { node }
+        }
+    };
+    tracing::info!(?op, version = m.version, "membership change requested");
+    let change = paxos::MembershipChange {
+        expect_version: m.version,
+        op,
+    };
+    match s.handle.propose_membership(change).await {
+        Ok(at) => Json(json!({"version": m.version + 1, "instance": at})).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// `GET /backup` (admin token): a full physical backup of this node's
+/// MariaDB (`mariadb-backup --backup --stream=xbstream`), the seed of
+/// `phxctl node rebuild`. Staged to a file first, so the answer carries a
+/// Content-Length (the receiver can tell a complete backup from a cut one)
+/// and a failed backup is an error status, not a truncated body. The file is
+/// unlinked once open: its space goes when the download ends.
+async fn backup(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, &s.token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    }
+    let Ok(_busy) = s.backup_busy.try_lock() else {
+        return error(
+            StatusCode::CONFLICT,
+            "a backup is already running on this node",
+        );
+    };
+    let dir = s.backup_dir.clone();
+    let opts = s.mariadb.clone();
+    let t0 = std::time::Instant::now();
+    tracing::info!("backup for a rebuild: starting mariadb-backup");
+    let made = tokio::task::spawn_blocking(move || run_mariadb_backup(&dir, &opts)).await;
+    let path = match made {
+        Ok(Ok(path)) => path,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "backup failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+        Err(e) => return internal(e),
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => return internal(format!("opening {}: {e}", path.display())),
+    };
+    let _ = std::fs::remove_file(&path);
+    let len = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => return internal(e),
+    };
+    tracing::info!(
+        bytes = len,
+        secs = t0.elapsed().as_secs_f64(),
+        "backup for a rebuild: made; sending"
+    );
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Runs `mariadb-backup` against the local MariaDB into `dir/backup.xbs`.
+/// The credentials go in a private option file, never on the command line.
+fn run_mariadb_backup(
+    dir: &std::path::Path,
+    opts: &mysql_async::Opts,
+) -> Result<std::path::PathBuf, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_dir_all(dir);
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    let cnf = dir.join("client.cnf");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&cnf)
+        .map_err(|e| format!("creating {}: {e}", cnf.display()))?;
+    writeln!(
+        f,
+        "[client]\nhost={}\nport={}\nuser={}\npassword={}",
+        opts.ip_or_hostname(),
+        opts.tcp_port(),
+        opts.user().unwrap_or_default(),
+        opts.pass().unwrap_or_default()
+    )
+    .map_err(|e| format!("writing {}: {e}", cnf.display()))?;
+    drop(f);
+    let out_path = dir.join("backup.xbs");
+    let out = std::fs::File::create(&out_path)
+        .map_err(|e| format!("creating {}: {e}", out_path.display()))?;
+    let log_path = dir.join("mariadb-backup.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+    let status = std::process::Command::new("mariadb-backup")
+        .arg(format!("--defaults-extra-file={}", cnf.display()))
+        .args(["--backup", "--stream=xbstream"])
+        .arg(format!("--target-dir={}", tmp.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(log)
+        .status();
+    let _ = std::fs::remove_file(&cnf);
+    let status = status
+        .map_err(|e| format!("running mariadb-backup (Debian package mariadb-backup): {e}"))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "mariadb-backup failed ({status}): {}",
+            tail.join(" | ")
+        ));
+    }
+    Ok(out_path)
 }
 
 /// `POST /proxy/heartbeat`: the local proxy is alive (admin token).

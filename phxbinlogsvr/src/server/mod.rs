@@ -263,7 +263,9 @@ impl Server {
         ncfg.core.lease_duration = cfg.lease.duration;
         ncfg.core.lease_drift = cfg.lease.drift;
         ncfg.core.lease_renew_interval = Some(cfg.lease.renew_interval);
-        ncfg.core.lease_enabled = me.is_voter() && !opts.no_campaign;
+        // A learner never campaigns (the core checks the current
+        // membership), and campaigns once promoted to voter.
+        ncfg.core.lease_enabled = !opts.no_campaign;
         let mut membership = Membership::new(cfg.initial_voters());
         for n in cfg.nodes.iter().filter(|n| !n.is_voter()) {
             membership.learners.insert(n.id, n.paxos_addr());
@@ -420,6 +422,8 @@ impl Server {
                 .filter(|n| n.is_voter())
                 .map(|n| (n.id, format!("{}:{}", n.host, n.admin_port)))
                 .collect(),
+            backup_dir: me.data_dir.join("backup"),
+            backup_busy: tokio::sync::Mutex::new(()),
         });
         let admin_listen = me.listen_addr(me.admin_port);
         let listener = tokio::net::TcpListener::bind(admin_listen)
