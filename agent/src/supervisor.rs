@@ -172,6 +172,16 @@ impl Supervisor {
         self.cfg.run_dir.join("mariadb.err")
     }
 
+    /// This node's own temporary directory. Never a shared /tmp: a starting
+    /// mariadbd deletes every `#sql*` file in its tmpdir, which breaks the
+    /// temporary tables of another server (or a mariadb-install-db) on the
+    /// same machine.
+    fn tmp_dir(&self) -> Result<PathBuf, SupervisorError> {
+        let tmp = self.cfg.run_dir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+        Ok(tmp)
+    }
+
     /// The GTID position a restored data directory was backed up at, left
     /// by `phxctl node rebuild` in [`RESTORED_GTID_FILE`]; the agent adopts
     /// it (see `LocalMariaDb::adopt_restored_position`) and then calls
@@ -222,9 +232,11 @@ impl Supervisor {
         let err = out
             .try_clone()
             .map_err(io_err("duplicating a file handle"))?;
+        let tmp = self.tmp_dir()?;
         let mut cmd = Command::new(&c.install_db);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", staging.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg("--auth-root-authentication-method=socket")
             .arg("--skip-test-db")
             .arg("--skip-name-resolve")
@@ -284,6 +296,7 @@ impl Supervisor {
         let _ = writeln!(s, "socket={}", p(&c.run_dir.join("mariadb.sock")));
         let _ = writeln!(s, "pid-file={}", p(&c.run_dir.join("mariadb.pid")));
         let _ = writeln!(s, "log_error={}", p(&self.error_log()));
+        let _ = writeln!(s, "tmpdir={}", p(&c.run_dir.join("tmp")));
         let _ = writeln!(s, "port={}", c.port);
         let _ = writeln!(s, "bind-address={}", c.bind);
         let _ = writeln!(s, "server_id={}", c.server_id);
@@ -322,6 +335,7 @@ impl Supervisor {
         {
             return Ok(());
         }
+        self.tmp_dir()?;
         let cnf = self.cnf_path();
         write_private(&cnf, &self.cnf())?;
         let mut cmd = Command::new(&self.cfg.binary);

@@ -79,6 +79,26 @@ fn check_local(cfg: &ClusterConfig) -> Result<()> {
     Ok(())
 }
 
+/// Fails, naming the log to read, when a node's daemon has exited.
+fn all_alive(nodes: &[&NodeConfig]) -> Result<()> {
+    for node in nodes {
+        for daemon in DAEMONS {
+            if running(&pid_file(node, daemon), daemon).is_none() {
+                let log = log_file(node, daemon);
+                let tail = fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+                bail!(
+                    "{}'s {daemon} exited; the end of {}:\n{}",
+                    node.name,
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The nodes an action applies to: `only`, or all.
 fn selected<'a>(cfg: &'a ClusterConfig, only: Option<&str>) -> Result<Vec<&'a NodeConfig>> {
     match only {
@@ -146,15 +166,7 @@ pub async fn up(cfg: &ClusterConfig, only: Option<&str>) -> Result<()> {
         {
             break m;
         }
-        for node in &nodes {
-            if running(&pid_file(node, "phxbinlogsvr"), "phxbinlogsvr").is_none() {
-                bail!(
-                    "{}'s binlog server exited; the end of {} says why",
-                    node.name,
-                    log_file(node, "phxbinlogsvr").display()
-                );
-            }
-        }
+        all_alive(&nodes)?;
         if start.elapsed() > UP_TIMEOUT {
             bail!(
                 "no master after {UP_TIMEOUT:?}; logs in each node's data_dir (e.g. {})",
@@ -189,6 +201,7 @@ pub async fn up(cfg: &ClusterConfig, only: Option<&str>) -> Result<()> {
         if pending.is_empty() {
             break;
         }
+        all_alive(&nodes)?;
         if start.elapsed() > UP_TIMEOUT {
             bail!(
                 "{} not ready after {UP_TIMEOUT:?}; see their logs in data_dir",

@@ -14,6 +14,9 @@ use common::{free_ports, wait_until, workspace_binary};
 use testkit::mysql_async::prelude::Queryable;
 use testkit::mysql_async::{self, OptsBuilder};
 
+/// One cluster at a time (2-core machines; each is nine processes).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Ports {
     rw: u16,
     ro: u16,
@@ -100,6 +103,7 @@ fn master_of(status: &serde_json::Value) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_up_status_switchover_down() {
+    let _serial = SERIAL.lock().await;
     // `local up` runs the daemons found next to phxctl.
     workspace_binary("phxbinlogsvr");
     workspace_binary("phxsqlproxy");
@@ -279,6 +283,7 @@ async fn assert_has_all(port: u16, acked: &[u64]) {
 /// running throughout; no acknowledged write is lost anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_grows_to_four_and_back_under_writes() {
+    let _serial = SERIAL.lock().await;
     workspace_binary("phxbinlogsvr");
     workspace_binary("phxsqlproxy");
     let tmp = tempfile::tempdir().unwrap();
@@ -372,6 +377,7 @@ async fn membership_grows_to_four_and_back_under_writes() {
 /// with every acknowledged one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverged_node_is_rebuilt_from_a_peer() {
+    let _serial = SERIAL.lock().await;
     workspace_binary("phxbinlogsvr");
     workspace_binary("phxsqlproxy");
     let tmp = tempfile::tempdir().unwrap();
