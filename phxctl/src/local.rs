@@ -146,11 +146,23 @@ pub async fn up(cfg: &ClusterConfig, only: Option<&str>) -> Result<()> {
             if daemon == "phxbinlogsvr" {
                 cmd.arg("--supervise-mariadb");
             }
-            let child = cmd
+            let mut child = cmd
                 .spawn()
                 .with_context(|| format!("starting {daemon} for {}", node.name))?;
             fs::write(&pid_path, child.id().to_string())
                 .with_context(|| format!("writing {}", pid_path.display()))?;
+            // Until its exec is done, the child's command line is still
+            // ours: wait for it, so the pid file checks below hold.
+            let t0 = Instant::now();
+            while running(&pid_path, daemon).is_none() {
+                if child.try_wait().ok().flatten().is_some()
+                    || t0.elapsed() > Duration::from_secs(5)
+                {
+                    all_alive(&[node])?;
+                    bail!("{} {daemon} did not start", node.name);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
             println!("{} {daemon}: started (pid {})", node.name, child.id());
         }
     }

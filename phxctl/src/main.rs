@@ -1,11 +1,15 @@
 //! `phxctl`: runs a phxsql cluster through the nodes' admin APIs.
 //!
 //! ```text
+//! phxctl --config cluster.yaml init [--seed]
 //! phxctl --config cluster.yaml status [--json]
 //! phxctl --config cluster.yaml switchover --to node2
+//! phxctl --config cluster.yaml member add|remove node4
+//! phxctl --config cluster.yaml node rebuild node2 --from node3
 //! phxctl local up|down|status          # a cluster on this machine (configs/cluster-3.yaml)
 //! ```
 
+mod init;
 mod local;
 mod member;
 mod rebuild;
@@ -33,6 +37,15 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Bootstrap the cluster from its file: once the voters have a master,
+    /// add every node listed as a learner (seeded from the master with
+    /// --seed), in file order.
+    Init {
+        /// Seed each new node's MariaDB from the master first (node rebuild;
+        /// for a first node whose MariaDB held data before the cluster).
+        #[arg(long)]
+        seed: bool,
+    },
     /// One line per node: role, lease left, chosen and applied GTIDs, lag, health.
     Status {
         /// Machine-readable output.
@@ -141,6 +154,10 @@ fn load_config(given: Option<PathBuf>, local: bool) -> Result<ClusterConfig> {
 
 async fn run(args: Args) -> Result<()> {
     match args.command {
+        Cmd::Init { seed } => {
+            let cfg = load_config(args.config, false)?;
+            init::init(&cfg, seed).await
+        }
         Cmd::Status { json } => {
             let cfg = load_config(args.config, false)?;
             status::print(&cfg, json).await

@@ -29,6 +29,21 @@ fn write_config(dir: &Path, token: &str, ports: &[u16]) -> PathBuf {
 
 /// `n` nodes (the fourth, if any, a learner) in `dir/file`.
 fn write_config_n(dir: &Path, token: &str, ports: &[u16], n: usize, file: &str) -> PathBuf {
+    let roles: Vec<&str> = (0..n)
+        .map(|i| if i >= 3 { "learner" } else { "voter" })
+        .collect();
+    write_config_roles(dir, token, ports, &roles, file)
+}
+
+/// One node per entry of `roles` in `dir/file`.
+fn write_config_roles(
+    dir: &Path,
+    token: &str,
+    ports: &[u16],
+    roles: &[&str],
+    file: &str,
+) -> PathBuf {
+    let n = roles.len();
     let mut y = format!(
         "version: 1\ncluster_id: 6161\nname: phxctl-e2e\ndata_root: {}\n\
          credentials:\n  replication: {{user: phxsql_repl, password: \"r-secret\"}}\n  \
@@ -39,7 +54,7 @@ fn write_config_n(dir: &Path, token: &str, ports: &[u16], n: usize, file: &str) 
     );
     for i in 0..n {
         let p = &ports[i * 7..i * 7 + 7];
-        let role = if i >= 3 { "learner" } else { "voter" };
+        let role = roles[i];
         y += &format!(
             "  - {{name: node{id}, id: {id}, role: {role}, host: 127.0.0.1, paxos_port: {}, binlog_port: {}, admin_port: {}, \
              proxy_rw_port: {}, proxy_ro_port: {}, mariadb_port: {}, proxy_admin_port: {}}}\n",
@@ -469,4 +484,57 @@ async fn a_diverged_node_is_rebuilt_from_a_peer() {
         .await
         .unwrap();
     assert_eq!(stray, Some(0), "the stray row is gone");
+}
+
+/// `init` bootstraps from the first node: node1 alone is the cluster (and
+/// takes writes), node2 and node3 join as learners, catch up and vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_grows_the_first_node_into_a_cluster() {
+    let _serial = SERIAL.lock().await;
+    workspace_binary("phxbinlogsvr");
+    workspace_binary("phxsqlproxy");
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = free_ports(21);
+    let cfg = write_config_roles(
+        tmp.path(),
+        "init",
+        &ports,
+        &["voter", "learner", "learner"],
+        "init.yaml",
+    );
+    let _down = Down(cfg.clone());
+    assert!(phxctl(&cfg, &["local", "up"]).status.success());
+    let s = status_json(&cfg);
+    assert_eq!(master_of(&s).as_deref(), Some("node1"), "{s}");
+    assert_eq!(s["nodes"][1]["member"], "learner", "{s}");
+
+    // Data on the first node before the others join.
+    let opts = |port: u16| -> mysql_async::Opts {
+        OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(port)
+            .user(Some("demo"))
+            .pass(Some("demo-password"))
+            .db_name(Some("demo"))
+            .prefer_socket(false)
+            .into()
+    };
+    let mut w = mysql_async::Conn::new(opts(ports[3])).await.unwrap();
+    w.query_drop("CREATE TABLE w (id BIGINT PRIMARY KEY); INSERT INTO w VALUES (1), (2), (3)")
+        .await
+        .unwrap();
+    drop(w);
+
+    let out = phxctl(&cfg, &["init"]);
+    assert!(out.status.success());
+    let s = status_json(&cfg);
+    for i in 0..3 {
+        assert_eq!(s["nodes"][i]["member"], "voter", "{s}");
+    }
+    assert_has_all(ports[7 + 5], &[1, 2, 3]).await;
+    assert_has_all(ports[14 + 5], &[1, 2, 3]).await;
+    // Running it again changes nothing.
+    let out = phxctl(&cfg, &["init"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node2 is a voter already"));
 }

@@ -1,0 +1,74 @@
+//! `phxctl init`: bootstraps a cluster from its file, first node, then the
+//! members.
+//!
+//! The file's voters (usually just the first node) form the cluster when
+//! they start; every node listed as a `learner` is a member-to-be. `init`
+//! waits for the voters to elect a master, then brings in each learner in
+//! file order: optionally seeds its MariaDB from the master (`--seed`, for
+//! a first node whose MariaDB held data before the cluster existed; the
+//! learner must run on this machine), then `member add` (learner, catch
+//! up, voter). Run it again after a failure: it skips what is done.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use phxsql_config::ClusterConfig;
+
+const MASTER_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub async fn init(cfg: &ClusterConfig, seed: bool) -> Result<()> {
+    let learners: Vec<_> = cfg.nodes.iter().filter(|n| !n.is_voter()).collect();
+    let voters: Vec<&str> = cfg.voters().map(|n| n.name.as_str()).collect();
+    println!(
+        "voters {}; to add: {}",
+        voters.join(", "),
+        if learners.is_empty() {
+            "none".to_string()
+        } else {
+            learners
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let start = Instant::now();
+    let mut last_note = Instant::now();
+    let master = loop {
+        if let Some(m) = crate::current_master(cfg).await
+            && crate::wait_promoted(cfg, &m, Duration::from_millis(200))
+                .await
+                .is_ok()
+        {
+            break m;
+        }
+        if start.elapsed() > MASTER_TIMEOUT {
+            bail!(
+                "no master among {} after {MASTER_TIMEOUT:?}: start the voters first (phxbinlogsvr and phxsqlproxy on each; on one machine, phxctl local up)",
+                voters.join(", ")
+            );
+        }
+        if last_note.elapsed() > Duration::from_secs(5) {
+            last_note = Instant::now();
+            println!("waiting for the voters to elect a master ...");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("{master} is the master");
+    for node in learners {
+        let route = crate::admin(cfg, node).get_json("/route").await;
+        if route.is_err() {
+            bail!(
+                "{} does not answer at {}: start its processes, then run init again",
+                node.name,
+                node.admin_addr()
+            );
+        }
+        if seed {
+            crate::rebuild::rebuild(cfg, &node.name, &master).await?;
+        }
+        crate::member::add(cfg, &node.name).await?;
+    }
+    println!();
+    crate::status::print(cfg, false).await
+}
