@@ -9,9 +9,9 @@
 //! learner must run on this machine), then `member add` (learner, catch
 //! up, voter). Run it again after a failure: it skips what is done.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use phxsql_config::ClusterConfig;
 
 const MASTER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -32,28 +32,19 @@ pub async fn init(cfg: &ClusterConfig, seed: bool) -> Result<()> {
                 .join(", ")
         }
     );
-    let start = Instant::now();
-    let mut last_note = Instant::now();
-    let master = loop {
-        if let Some(m) = crate::current_master(cfg).await
-            && crate::wait_promoted(cfg, &m, Duration::from_millis(200))
-                .await
-                .is_ok()
-        {
-            break m;
-        }
-        if start.elapsed() > MASTER_TIMEOUT {
-            bail!(
-                "no master among {} after {MASTER_TIMEOUT:?}: start the voters first (phxbinlogsvr and phxsqlproxy on each; on one machine, phxctl local up)",
-                voters.join(", ")
-            );
-        }
-        if last_note.elapsed() > Duration::from_secs(5) {
-            last_note = Instant::now();
-            println!("waiting for the voters to elect a master ...");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let master = crate::wait_for_master(
+        cfg,
+        MASTER_TIMEOUT,
+        "waiting for the voters to elect a master",
+        || Ok(()),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "start the voters ({}) first: phxbinlogsvr and phxsqlproxy on each; on one machine, phxctl local up",
+            voters.join(", ")
+        )
+    })?;
     println!("{master} is the master");
     for node in learners {
         let route = crate::admin(cfg, node).get_json("/route").await;

@@ -167,33 +167,22 @@ pub async fn up(cfg: &ClusterConfig, only: Option<&str>) -> Result<()> {
         }
     }
 
-    // Wait for a master every proxy routes to, showing progress.
+    // Wait for a master, showing progress.
     let start = Instant::now();
     let mut last_note = Instant::now();
-    let master = loop {
-        if let Some(m) = crate::current_master(cfg).await
-            && crate::wait_promoted(cfg, &m, Duration::from_millis(200))
-                .await
-                .is_ok()
-        {
-            break m;
-        }
-        all_alive(&nodes)?;
-        if start.elapsed() > UP_TIMEOUT {
-            bail!(
-                "no master after {UP_TIMEOUT:?}; logs in each node's data_dir (e.g. {})",
-                log_file(&cfg.nodes[0], "phxbinlogsvr").display()
-            );
-        }
-        if last_note.elapsed() > Duration::from_secs(5) {
-            last_note = Instant::now();
-            println!(
-                "waiting for a master ({} s; the first start initialises every MariaDB data directory) ...",
-                start.elapsed().as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let master = crate::wait_for_master(
+        cfg,
+        UP_TIMEOUT,
+        "waiting for a master (the first start initialises every MariaDB data directory)",
+        || all_alive(&nodes),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "logs in each node's data_dir (e.g. {})",
+            log_file(&cfg.nodes[0], "phxbinlogsvr").display()
+        )
+    })?;
     // Every node up and in its role (a slower node may still be
     // initialising its MariaDB).
     loop {

@@ -229,6 +229,37 @@ pub async fn wait_promoted(cfg: &ClusterConfig, name: &str, timeout: Duration) -
     }
 }
 
+/// Waits (up to `timeout`) for a node that holds the lease and finished its
+/// promotion; `check` runs between looks (it may fail the wait early), and
+/// `note` is printed every 5 s. Returns the master's name.
+pub async fn wait_for_master(
+    cfg: &ClusterConfig,
+    timeout: Duration,
+    note: &str,
+    mut check: impl FnMut() -> Result<()>,
+) -> Result<String> {
+    let start = Instant::now();
+    let mut last_note = Instant::now();
+    loop {
+        if let Some(m) = current_master(cfg).await
+            && wait_promoted(cfg, &m, Duration::from_millis(200))
+                .await
+                .is_ok()
+        {
+            return Ok(m);
+        }
+        check()?;
+        if start.elapsed() > timeout {
+            bail!("no master after {timeout:?}");
+        }
+        if last_note.elapsed() > Duration::from_secs(5) {
+            last_note = Instant::now();
+            println!("{note} ({} s) ...", start.elapsed().as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn switchover(cfg: &ClusterConfig, to: &str) -> Result<()> {
     cfg.node(to)?;
     let Some(master) = current_master(cfg).await else {

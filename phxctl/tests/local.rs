@@ -14,6 +14,18 @@ use common::{free_ports, wait_until, workspace_binary};
 use testkit::mysql_async::prelude::Queryable;
 use testkit::mysql_async::{self, OptsBuilder};
 
+/// The demo account `local up` creates, through `port`.
+fn demo(port: u16) -> mysql_async::Opts {
+    OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some("demo"))
+        .pass(Some("demo-password"))
+        .db_name(Some("demo"))
+        .prefer_socket(false)
+        .into()
+}
+
 /// One cluster at a time (2-core machines; each is nine processes).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -158,16 +170,6 @@ async fn local_cluster_up_status_switchover_down() {
     let other = (m + 1) % 3;
 
     // The demo account works through the ports.
-    let demo = |port: u16| -> mysql_async::Opts {
-        OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(port)
-            .user(Some("demo"))
-            .pass(Some("demo-password"))
-            .db_name(Some("demo"))
-            .prefer_socket(false)
-            .into()
-    };
     let mut w = mysql_async::Conn::new(demo(node(other).rw)).await.unwrap();
     w.query_drop("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
         .await
@@ -234,14 +236,7 @@ type Acked = std::sync::Arc<std::sync::Mutex<Vec<u64>>>;
 /// reconnects after errors (a failover or a membership change may cut a
 /// connection: those rows were not acknowledged).
 async fn writer(port: u16, acked: Acked, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    let opts: mysql_async::Opts = OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(port)
-        .user(Some("demo"))
-        .pass(Some("demo-password"))
-        .db_name(Some("demo"))
-        .prefer_socket(false)
-        .into();
+    let opts = demo(port);
     let mut next = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let Ok(mut conn) = mysql_async::Conn::new(opts.clone()).await else {
@@ -310,17 +305,7 @@ async fn membership_grows_to_four_and_back_under_writes() {
 
     let _down = Down(cfg4.clone());
     assert!(phxctl(&cfg3, &["local", "up"]).status.success());
-    let mut w = mysql_async::Conn::new(
-        OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(rw)
-            .user(Some("demo"))
-            .pass(Some("demo-password"))
-            .db_name(Some("demo"))
-            .prefer_socket(false),
-    )
-    .await
-    .unwrap();
+    let mut w = mysql_async::Conn::new(demo(rw)).await.unwrap();
     w.query_drop("CREATE TABLE w (id BIGINT PRIMARY KEY)")
         .await
         .unwrap();
@@ -405,16 +390,6 @@ async fn a_diverged_node_is_rebuilt_from_a_peer() {
     let m: usize = master.trim_start_matches("node").parse::<usize>().unwrap() - 1;
     let (bad, good) = ((m + 1) % 3, (m + 2) % 3);
 
-    let demo = |port: u16| -> mysql_async::Opts {
-        OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(port)
-            .user(Some("demo"))
-            .pass(Some("demo-password"))
-            .db_name(Some("demo"))
-            .prefer_socket(false)
-            .into()
-    };
     let rw = ports[m * 7 + 3];
     let mut w = mysql_async::Conn::new(demo(rw)).await.unwrap();
     w.query_drop("CREATE TABLE w (id BIGINT PRIMARY KEY)")
@@ -509,17 +484,7 @@ async fn init_grows_the_first_node_into_a_cluster() {
     assert_eq!(s["nodes"][1]["member"], "learner", "{s}");
 
     // Data on the first node before the others join.
-    let opts = |port: u16| -> mysql_async::Opts {
-        OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(port)
-            .user(Some("demo"))
-            .pass(Some("demo-password"))
-            .db_name(Some("demo"))
-            .prefer_socket(false)
-            .into()
-    };
-    let mut w = mysql_async::Conn::new(opts(ports[3])).await.unwrap();
+    let mut w = mysql_async::Conn::new(demo(ports[3])).await.unwrap();
     w.query_drop("CREATE TABLE w (id BIGINT PRIMARY KEY); INSERT INTO w VALUES (1), (2), (3)")
         .await
         .unwrap();
