@@ -309,6 +309,52 @@ fn switchover_hands_the_lease_to_the_named_node() {
 }
 
 #[test]
+fn the_lease_length_changes_cluster_wide_and_outlives_its_master() {
+    let mut c = Cluster::new(3);
+    c.run(Duration::from_secs(3));
+    let m = c.masters()[0];
+    let other = if m == 1 { 2 } else { 1 };
+    let now = c.now;
+    // Refused: too short (under twice the renew interval), or not the master.
+    assert!(
+        c.core(m)
+            .set_lease_duration(now, Duration::from_millis(200))
+            .is_err()
+    );
+    assert!(
+        c.core(other)
+            .set_lease_duration(now, Duration::from_secs(6))
+            .is_err()
+    );
+    assert!(
+        c.core(m)
+            .set_lease_duration(now, Duration::from_secs(6))
+            .is_ok()
+    );
+    c.process(m);
+    c.settle();
+    c.run(Duration::from_millis(100));
+    for (id, core) in &c.cores {
+        assert_eq!(core.system_state().lease.duration_ms, 6000, "node {id}");
+        assert_eq!(core.lease_duration(), Duration::from_secs(6), "node {id}");
+    }
+    // The others time the lease by the new length (configured: 2 s).
+    let (who, left) = c.cores[&other].master(c.now).unwrap();
+    assert_eq!(who, m);
+    assert!(left > Duration::from_secs(5), "{left:?}");
+    // The next master proposes the cluster's length, not its configured one.
+    c.core(m).set_may_campaign(false);
+    c.run(Duration::from_secs(15));
+    let masters = c.masters();
+    assert_eq!(masters.len(), 1);
+    let m2 = masters[0];
+    assert_ne!(m2, m);
+    assert_eq!(c.cores[&m2].system_state().lease.duration_ms, 6000);
+    let (_, left) = c.cores[&m2].master(c.now).unwrap();
+    assert!(left > Duration::from_secs(4), "{left:?}");
+}
+
+#[test]
 fn a_restarted_master_does_not_resume_its_lease() {
     let mut c = Cluster::new(3);
     c.run(Duration::from_secs(3));

@@ -4,6 +4,7 @@
 //! phxctl --config cluster.yaml init [--seed]
 //! phxctl --config cluster.yaml status [--json]
 //! phxctl --config cluster.yaml switchover --to node2
+//! phxctl --config cluster.yaml lease set 3s
 //! phxctl --config cluster.yaml member add|remove node4
 //! phxctl --config cluster.yaml node rebuild node2 --from node3
 //! phxctl local up|down|status          # a cluster on this machine (configs/cluster-3.yaml)
@@ -58,6 +59,11 @@ enum Cmd {
         #[arg(long)]
         to: String,
     },
+    /// The master lease.
+    Lease {
+        #[command(subcommand)]
+        action: LeaseCmd,
+    },
     /// Membership: grow or shrink the set of nodes.
     Member {
         #[command(subcommand)]
@@ -73,6 +79,15 @@ enum Cmd {
         #[command(subcommand)]
         action: LocalCmd,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaseCmd {
+    /// Set the cluster's lease length (e.g. 3s): a dead master is replaced
+    /// about this long after it died. Takes effect at once on every node and
+    /// stays with later masters (the file's `lease.duration` only seeds a
+    /// new cluster).
+    Set { duration: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,6 +181,12 @@ async fn run(args: Args) -> Result<()> {
             let cfg = load_config(args.config, false)?;
             switchover(&cfg, &to).await
         }
+        Cmd::Lease {
+            action: LeaseCmd::Set { duration },
+        } => {
+            let cfg = load_config(args.config, false)?;
+            lease_set(&cfg, &duration).await
+        }
         Cmd::Member { action } => {
             let cfg = load_config(args.config, false)?;
             match action {
@@ -258,6 +279,43 @@ pub async fn wait_for_master(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn lease_set(cfg: &ClusterConfig, text: &str) -> Result<()> {
+    let duration = phxsql_config::parse_duration(text)
+        .map_err(|e| anyhow::anyhow!("{text:?} is not a duration (e.g. 3s, 1500ms): {e}"))?;
+    let Some(master) = current_master(cfg).await else {
+        bail!("no node reports a master: the lease length is changed through the master");
+    };
+    let ms = duration.as_millis() as u64;
+    admin(cfg, cfg.node(&master)?)
+        .post_json("/lease", Some(&serde_json::json!({ "duration_ms": ms })))
+        .await
+        .with_context(|| format!("asking the master {master} to change the lease length"))?;
+    // Every answering node times the lease by the new length.
+    let start = Instant::now();
+    loop {
+        let mut behind = Vec::new();
+        for node in &cfg.nodes {
+            if let Ok(s) = admin(cfg, node).get_json("/status").await
+                && s["lease"]["duration_ms"].as_u64() != Some(ms)
+            {
+                behind.push(node.name.as_str());
+            }
+        }
+        if behind.is_empty() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "the new lease length has not reached {} yet",
+                behind.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("lease length is {duration:?} on every node");
+    Ok(())
 }
 
 async fn switchover(cfg: &ClusterConfig, to: &str) -> Result<()> {

@@ -212,6 +212,17 @@ async fn local_cluster_up_status_switchover_down() {
     )
     .await;
 
+    // The lease length, cluster-wide: refused without the token and when
+    // too short; then on every node.
+    let out = phxctl(&bad, &["lease", "set", "4s"]);
+    assert!(!out.status.success());
+    let out = phxctl(&cfg, &["lease", "set", "100ms"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("twice the renew interval"));
+    let out = phxctl(&cfg, &["lease", "set", "4s"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lease length is 4s on every node"));
+
     // Down: every daemon and every mariadbd stops.
     let out = phxctl(&cfg, &["local", "down"]);
     assert!(out.status.success());

@@ -256,7 +256,7 @@ impl Core {
         self.advance_chosen_prefix();
         self.durable_chosen_prefix = self.chosen_prefix;
         self.app_checkpoint = app_checkpoint.max(log_start);
-        self.set_lease_expiry(self.now + self.cfg.lease_others(self.cfg.lease_duration));
+        self.set_lease_expiry(self.now + self.lease_wait_unknown());
         self.ready.membership = Some(self.system.membership.clone());
         self.catch_up = None;
         self.start_catch_up(peer);

@@ -9,7 +9,7 @@
 
 use super::{Core, Outcome, ProposeError};
 use crate::types::{InstanceId, NodeId, ProposalId, Time};
-use crate::value::LeaseProposal;
+use crate::value::{Item, LeaseProposal};
 use std::time::Duration;
 
 impl Core {
@@ -59,6 +59,60 @@ impl Core {
         self.counters.lease_lost += 1;
         let item = self.lease_item(to);
         Some(self.enqueue(item, true))
+    }
+
+    /// Changes the cluster's lease length (the master only): a renewal that
+    /// carries the new length. Every node times the lease by the length in
+    /// the chosen value, and every later master proposes the length of the
+    /// last chosen lease value, so the change is cluster-wide and outlives
+    /// this master. At least twice the renew interval.
+    pub fn set_lease_duration(
+        &mut self,
+        now: Time,
+        duration: Duration,
+    ) -> Result<ProposalId, ProposeError> {
+        self.advance_time(now);
+        if !self.is_master(now) {
+            return Err(ProposeError::Rejected(
+                "only the master changes the lease length".into(),
+            ));
+        }
+        let min = self.cfg.renew_interval() * 2;
+        if duration < min {
+            return Err(ProposeError::Rejected(format!(
+                "a lease of {duration:?} is shorter than twice the renew interval ({min:?})"
+            )));
+        }
+        if self.lease.pending.is_some() {
+            return Err(ProposeError::Rejected(
+                "a lease renewal is in flight; try again".into(),
+            ));
+        }
+        let item = Item::Lease(LeaseProposal {
+            node: Some(self.cfg.node_id),
+            expect_version: self.system.lease.version,
+            duration_ms: duration.as_millis() as u64,
+        });
+        let id = self.enqueue(item, true);
+        self.lease.pending = Some((id, self.system.lease.version, self.now));
+        self.lease.last_proposed = self.now;
+        Ok(id)
+    }
+
+    /// The lease length this node proposes: the last chosen lease value's
+    /// (see [`Core::set_lease_duration`]), or the configured one before any.
+    pub fn lease_duration(&self) -> Duration {
+        match self.system.lease.duration_ms {
+            0 => self.cfg.lease_duration,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    /// How long a node that knows nothing newer respects whatever lease may
+    /// be out there: the longer of the configured and the last known length.
+    pub(super) fn lease_wait_unknown(&self) -> Duration {
+        self.cfg
+            .lease_others(self.cfg.lease_duration.max(self.lease_duration()))
     }
 
     pub(super) fn lease_tick(&mut self) {

@@ -372,7 +372,7 @@ impl Core {
         };
         // Whatever lease the log names, respect it for a full term from now: a
         // restarted node never resumes a lease, and others may still hold one.
-        core.set_lease_expiry(now + core.cfg.lease_others(core.cfg.lease_duration));
+        core.set_lease_expiry(now + core.lease_wait_unknown());
         core.ready.membership = Some(core.system.membership.clone());
         Ok(core)
     }
@@ -630,7 +630,7 @@ impl Core {
         Item::Lease(LeaseProposal {
             node,
             expect_version: self.system.lease.version,
-            duration_ms: self.cfg.lease_duration.as_millis() as u64,
+            duration_ms: self.lease_duration().as_millis() as u64,
         })
     }
 

@@ -225,6 +225,15 @@ impl<SM: StateMachine> Driver<SM> {
                 let id = self.core.propose_membership(now, change);
                 self.waiters.insert(id, Waiter::Membership(reply));
             }
+            Command::SetLeaseDuration { duration, reply } => {
+                match self.core.set_lease_duration(now, duration) {
+                    // A system value: resolved like a membership change.
+                    Ok(id) => {
+                        self.waiters.insert(id, Waiter::Membership(reply));
+                    }
+                    Err(e) => drop(reply.send(Err(ProposeFailed::Core(e)))),
+                }
+            }
             Command::StepDown { to, reply } => {
                 match self.core.step_down(now, to) {
                     Some(id) => {
@@ -473,6 +482,7 @@ impl<SM: StateMachine> Driver<SM> {
         let mut p = self.shared.published();
         p.master = master;
         p.lease_version = self.core.lease_version();
+        p.lease_duration = self.core.lease_duration();
         p.counters = counters;
         p.runtime = self.counters.clone();
     }

@@ -25,6 +25,10 @@ pub(crate) enum Command<O> {
         to: Option<NodeId>,
         reply: oneshot::Sender<Result<Option<InstanceId>, ProposeFailed>>,
     },
+    SetLeaseDuration {
+        duration: Duration,
+        reply: oneshot::Sender<Result<InstanceId, ProposeFailed>>,
+    },
     Status {
         reply: oneshot::Sender<Status>,
     },
@@ -104,6 +108,8 @@ pub(crate) struct Published {
     pub pending_step_downs: u32,
     /// The lease value's version as last applied here.
     pub lease_version: u64,
+    /// The cluster's lease length (the last applied lease value's).
+    pub lease_duration: std::time::Duration,
     pub counters: Counters,
     pub runtime: RuntimeCounters,
 }
@@ -235,6 +241,11 @@ impl<O: Send + 'static> NodeHandle<O> {
         self.shared.published().lease_version
     }
 
+    /// The cluster's lease length as last applied here.
+    pub fn lease_duration(&self) -> Duration {
+        self.shared.published().lease_duration
+    }
+
     /// Gives up the lease, handing it to `to` (or to nobody). `Ok(None)` if this
     /// node was not master; otherwise the instance the hand-over took effect at.
     /// `is_master()` turns false as soon as this is called.
@@ -245,6 +256,19 @@ impl<O: Send + 'static> NodeHandle<O> {
             self.shared.published().pending_step_downs -= 1;
             return Err(e);
         }
+        rx.await.map_err(|_| ProposeFailed::NodeStopped)?
+    }
+
+    /// Changes the cluster's lease length (on the master; see
+    /// `Core::set_lease_duration`); resolves with the instance it took
+    /// effect at.
+    pub async fn set_lease_duration(
+        &self,
+        duration: Duration,
+    ) -> Result<InstanceId, ProposeFailed> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::SetLeaseDuration { duration, reply })
+            .await?;
         rx.await.map_err(|_| ProposeFailed::NodeStopped)?
     }
 

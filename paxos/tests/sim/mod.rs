@@ -628,7 +628,7 @@ impl Sim {
             .filter(|n| n.started)
             .map(|n| n.id)
             .collect();
-        match self.rng.random_range(0..11) {
+        match self.rng.random_range(0..12) {
             0..=2 => {
                 let id = ids[self.rng.random_range(0..ids.len())];
                 self.note(|| format!("crash {id}"));
@@ -682,6 +682,19 @@ impl Sim {
                         core.step_down(t, to);
                     }
                     self.report.switchovers += 1;
+                    self.process(m);
+                }
+            }
+            8 => {
+                // The master changes the cluster's lease length (configured
+                // 1 s): from too short (refused) to twice as long.
+                if let Some(m) = self.masters_now().first().copied() {
+                    let ms = self.rng.random_range(300..2000);
+                    let t = self.local(m);
+                    self.note(|| format!("lease length {ms} ms on {m}"));
+                    if let Some(core) = self.nodes.get_mut(&m).and_then(|n| n.core.as_mut()) {
+                        let _ = core.set_lease_duration(t, Duration::from_millis(ms));
+                    }
                     self.process(m);
                 }
             }

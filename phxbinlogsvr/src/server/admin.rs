@@ -90,6 +90,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/switchover", post(switchover))
         .route("/route", get(route))
+        .route("/lease", post(set_lease))
         .route("/backup", get(backup))
         .route("/proxy/heartbeat", post(proxy_heartbeat))
         .with_state(state)
@@ -144,6 +145,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Response {
             "master_name": lease.and_then(|(id, _)| s.name_of(id)),
             "remaining_ms": lease.map(|(_, d)| d.as_millis() as u64),
             "version": st.lease_version,
+            "duration_ms": s.handle.lease_duration().as_millis() as u64,
         },
         "paxos": {
             "chosen_prefix": st.chosen_prefix,
@@ -391,6 +393,52 @@ fn run_mariadb_backup(
         ));
     }
     Ok(out_path)
+}
+
+/// `POST /lease {"duration_ms": N}` (admin token, on the master): the
+/// cluster's lease length from now on (see `paxos::Core::set_lease_duration`).
+#[derive(Debug, serde::Deserialize)]
+struct LeaseRequest {
+    duration_ms: u64,
+}
+
+async fn set_lease(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Json(req): Json<LeaseRequest>,
+) -> Response {
+    if !authorized(&headers, &s.token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    }
+    if !s.handle.is_master() {
+        return error(
+            StatusCode::CONFLICT,
+            "the lease length is changed on the master",
+        );
+    }
+    let duration = Duration::from_millis(req.duration_ms);
+    // A renewal may be in flight: it is refused then, so try a few times.
+    let mut last = None;
+    for _ in 0..20 {
+        match s.handle.set_lease_duration(duration).await {
+            Ok(at) => {
+                tracing::info!(?duration, at, "lease length changed");
+                return Json(json!({"duration_ms": req.duration_ms, "instance": at}))
+                    .into_response();
+            }
+            Err(paxos::ProposeFailed::Core(paxos::ProposeError::Rejected(why)))
+                if why.contains("in flight") =>
+            {
+                last = Some(why);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return error(StatusCode::CONFLICT, e),
+        }
+    }
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        last.unwrap_or_else(|| "try again".into()),
+    )
 }
 
 /// `POST /proxy/heartbeat`: the local proxy is alive (admin token).
