@@ -2,12 +2,15 @@
 //! members.
 //!
 //! The file's voters (usually just the first node) form the cluster when
-//! they start; every node listed as a `learner` is a member-to-be. `init`
-//! waits for the voters to elect a master, then brings in each learner in
-//! file order: optionally seeds its MariaDB from the master (`--seed`, for
-//! a first node whose MariaDB held data before the cluster existed; the
-//! learner must run on this machine), then `member add` (learner, catch
-//! up, voter). Run it again after a failure: it skips what is done.
+//! they start; every node listed as a `learner` is a member-to-be (it
+//! follows the log from the start). `init` waits for the voters to elect a
+//! master, then promotes each learner in file order once it has caught up
+//! (`member add`). Run it again after a failure: it skips what is done.
+//!
+//! Everything a new node needs comes from the log, so a first node must
+//! start with an empty MariaDB: data that existed before the cluster is not
+//! in the log, and its GTIDs would mark the node diverged. Import such data
+//! through the read-write port once the cluster runs.
 
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use phxsql_config::ClusterConfig;
 
 const MASTER_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub async fn init(cfg: &ClusterConfig, seed: bool) -> Result<()> {
+pub async fn init(cfg: &ClusterConfig) -> Result<()> {
     let learners: Vec<_> = cfg.nodes.iter().filter(|n| !n.is_voter()).collect();
     let voters: Vec<&str> = cfg.voters().map(|n| n.name.as_str()).collect();
     println!(
@@ -54,9 +57,6 @@ pub async fn init(cfg: &ClusterConfig, seed: bool) -> Result<()> {
                 node.name,
                 node.admin_addr()
             );
-        }
-        if seed {
-            crate::rebuild::rebuild(cfg, &node.name, &master).await?;
         }
         crate::member::add(cfg, &node.name).await?;
     }

@@ -1,7 +1,7 @@
 //! `phxctl`: runs a phxsql cluster through the nodes' admin APIs.
 //!
 //! ```text
-//! phxctl --config cluster.yaml init [--seed]
+//! phxctl --config cluster.yaml init
 //! phxctl --config cluster.yaml status [--json]
 //! phxctl --config cluster.yaml switchover --to node2
 //! phxctl --config cluster.yaml lease set 3s
@@ -39,14 +39,9 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Bootstrap the cluster from its file: once the voters have a master,
-    /// add every node listed as a learner (seeded from the master with
-    /// --seed), in file order.
-    Init {
-        /// Seed each new node's MariaDB from the master first (node rebuild;
-        /// for a first node whose MariaDB held data before the cluster).
-        #[arg(long)]
-        seed: bool,
-    },
+    /// make every node listed as a learner a voter, in file order, each
+    /// once it has caught up.
+    Init,
     /// One line per node: role, lease left, chosen and applied GTIDs, lag, health.
     Status {
         /// Machine-readable output.
@@ -169,9 +164,9 @@ fn load_config(given: Option<PathBuf>, local: bool) -> Result<ClusterConfig> {
 
 async fn run(args: Args) -> Result<()> {
     match args.command {
-        Cmd::Init { seed } => {
+        Cmd::Init => {
             let cfg = load_config(args.config, false)?;
-            init::init(&cfg, seed).await
+            init::init(&cfg).await
         }
         Cmd::Status { json } => {
             let cfg = load_config(args.config, false)?;
