@@ -58,7 +58,7 @@ pub async fn init(cfg: &ClusterConfig) -> Result<()> {
                 node.admin_addr()
             );
         }
-        crate::member::add(cfg, &node.name).await?;
+        crate::member::add(cfg, &node.name, false).await?;
     }
     println!();
     crate::status::print(cfg, false).await

@@ -89,7 +89,13 @@ enum LeaseCmd {
 enum MemberCmd {
     /// Add NODE (in the cluster file, its processes running): it joins as a
     /// learner, catches up, then votes.
-    Add { node: String },
+    Add {
+        node: String,
+        /// Stop once it is a learner whose binlog server has caught up (to
+        /// seed its MariaDB with `node rebuild` before it votes).
+        #[arg(long)]
+        learner: bool,
+    },
     /// Remove NODE from the membership (stop its processes afterwards).
     Remove { node: String },
 }
@@ -185,7 +191,7 @@ async fn run(args: Args) -> Result<()> {
         Cmd::Member { action } => {
             let cfg = load_config(args.config, false)?;
             match action {
-                MemberCmd::Add { node } => member::add(&cfg, &node).await,
+                MemberCmd::Add { node, learner } => member::add(&cfg, &node, learner).await,
                 MemberCmd::Remove { node } => member::remove(&cfg, &node).await,
             }
         }

@@ -44,7 +44,9 @@ async fn change(cfg: &ClusterConfig, body: serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-pub async fn add(cfg: &ClusterConfig, name: &str) -> Result<()> {
+/// Adds `name`: as a learner, caught up, then a voter (or, with
+/// `learner_only`, stops once its binlog server has caught up).
+pub async fn add(cfg: &ClusterConfig, name: &str, learner_only: bool) -> Result<()> {
     let node = cfg.node(name)?;
     let (voters, learners) = members(cfg).await?;
     if voters.contains(&node.id) {
@@ -81,6 +83,10 @@ pub async fn add(cfg: &ClusterConfig, name: &str) -> Result<()> {
             ),
             Err(_) => (0, None, "unreachable".to_string()),
         };
+        if learner_only && have >= target {
+            println!("{name} is a learner and its binlog server has caught up");
+            return Ok(());
+        }
         if have >= target && lag == Some(0) && role == "replica" {
             break;
         }

@@ -330,12 +330,19 @@ async fn membership_grows_to_four_and_back_under_writes() {
     })
     .await;
 
-    // Grow: node4's processes start (it is not a member yet), then it joins.
-    assert!(
-        phxctl(&cfg4, &["local", "up", "--node", "node4"])
-            .status
-            .success()
-    );
+    // Grow: node4's processes start (it is not a member yet); it joins as a
+    // learner, its MariaDB is seeded from a peer, it catches up and votes.
+    let up4 = phxctl(&cfg4, &["local", "up", "--node", "node4"]);
+    assert!(up4.status.success());
+    let out = phxctl(&cfg4, &["member", "add", "node4", "--learner"]);
+    assert!(out.status.success());
+    assert_eq!(status_json(&cfg4)["nodes"][3]["member"], "learner");
+    let peer = match master_of(&status_json(&cfg4)).as_deref() {
+        Some("node2") => "node3",
+        _ => "node2",
+    };
+    let out = phxctl(&cfg4, &["node", "rebuild", "node4", "--from", peer]);
+    assert!(out.status.success());
     let out = phxctl(&cfg4, &["member", "add", "node4"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("node4 is a voter"));
