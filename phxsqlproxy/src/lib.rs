@@ -321,12 +321,23 @@ async fn serve(
 async fn wait_for_master(shared: &Shared) -> Result<NodeAddr, String> {
     let mut master = shared.discovery.master();
     let wait = shared.settings.master_wait_timeout;
-    match tokio::time::timeout(wait, master.wait_for(|m| m.is_some())).await {
-        Ok(Ok(m)) => m.clone().ok_or_else(|| "no master".to_string()),
-        Ok(Err(_)) => Err("phxsqlproxy is shutting down".to_string()),
-        Err(_) => Err(format!(
-            "phxsqlproxy: no master elected within {wait:?} (an election is under way, or this node cannot reach its binlog server); retry"
-        )),
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Decided on the live view, not the published one (which may be up
+        // to a publishing tick old): a lease that has just ended is never
+        // routed to.
+        if let Some(m) = shared.discovery.topology().writable_master(Instant::now()) {
+            return Ok(m.clone());
+        }
+        match tokio::time::timeout_at(deadline, master.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return Err("phxsqlproxy is shutting down".to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "phxsqlproxy: no master elected within {wait:?} (an election is under way, or this node cannot reach its binlog server); retry"
+                ));
+            }
+        }
     }
 }
 
