@@ -130,27 +130,9 @@ impl AdminClient {
             addr: addr.clone(),
             reason,
         };
-        let stream =
-            TcpStream::connect(&self.addr)
-                .await
-                .map_err(|source| AdminError::Connect {
-                    addr: self.addr.clone(),
-                    source,
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| http(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header(header::HOST, &self.addr);
-        if let Some(token) = &self.token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let req = req
+        let mut sender = self.connect().await?;
+        let req = self
+            .builder(Method::GET, path, true)
             .body(Full::new(Bytes::new()))
             .map_err(|e| http(e.to_string()))?;
         // The server may take a while before the first byte (it makes the
@@ -209,6 +191,40 @@ impl AdminClient {
         Ok(done)
     }
 
+    /// A new HTTP/1.1 connection (its driver runs in a task of its own).
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, AdminError> {
+        let stream =
+            TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| AdminError::Connect {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| AdminError::Http {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// A request to `path` with the Host header, and the token if `auth`.
+    fn builder(&self, method: Method, path: &str, auth: bool) -> hyper::http::request::Builder {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &self.addr);
+        if auth && let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        req
+    }
+
     /// One request; the connection is dropped (and made again next time)
     /// after any failure.
     pub async fn request(
@@ -240,41 +256,13 @@ impl AdminClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(StatusCode, Bytes), AdminError> {
-        let http = |e: hyper::Error| AdminError::Http {
-            addr: self.addr.clone(),
-            reason: e.to_string(),
+        let addr = self.addr.clone();
+        let http = |reason: String| AdminError::Http {
+            addr: addr.clone(),
+            reason,
         };
-        let conn = match &mut self.conn {
-            Some(c) if !c.is_closed() => c,
-            _ => {
-                let stream =
-                    TcpStream::connect(&self.addr)
-                        .await
-                        .map_err(|source| AdminError::Connect {
-                            addr: self.addr.clone(),
-                            source,
-                        })?;
-                let _ = stream.set_nodelay(true);
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(http)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                self.conn.insert(sender)
-            }
-        };
-        conn.ready().await.map_err(http)?;
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header(header::HOST, &self.addr);
         // The token goes only with the calls that need it.
-        if method != Method::GET
-            && let Some(token) = &self.token
-        {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
+        let mut req = self.builder(method.clone(), path, method != Method::GET);
         let payload = match body {
             Some(b) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -282,13 +270,28 @@ impl AdminClient {
             }
             None => Bytes::new(),
         };
-        let req = req.body(Full::new(payload)).map_err(|e| AdminError::Http {
-            addr: self.addr.clone(),
-            reason: e.to_string(),
-        })?;
-        let resp = conn.send_request(req).await.map_err(http)?;
+        let req = req
+            .body(Full::new(payload))
+            .map_err(|e| http(e.to_string()))?;
+        // Reuse the kept-alive connection; it is put back only after a
+        // successful exchange.
+        let mut conn = match self.conn.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect().await?,
+        };
+        conn.ready().await.map_err(|e| http(e.to_string()))?;
+        let resp = conn
+            .send_request(req)
+            .await
+            .map_err(|e| http(e.to_string()))?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| http(e.to_string()))?
+            .to_bytes();
+        self.conn = Some(conn);
         Ok((status, body))
     }
 }

@@ -73,6 +73,18 @@ pub struct AgentControl {
 pub const SWITCHOVER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AdminState {
+    /// The lease as this node sees it (`/status` and `/route`).
+    fn lease_json(&self) -> Value {
+        let lease = self.handle.master();
+        json!({
+            "master": lease.map(|(id, _)| id),
+            "master_name": lease.and_then(|(id, _)| self.name_of(id)),
+            "remaining_ms": lease.map(|(_, d)| d.as_millis() as u64),
+            "version": self.handle.lease_version(),
+            "duration_ms": self.handle.lease_duration().as_millis() as u64,
+        })
+    }
+
     fn name_of(&self, id: u64) -> Option<&str> {
         self.names
             .iter()
@@ -128,7 +140,6 @@ async fn status(State(s): State<Arc<AdminState>>) -> Response {
         Err(e) => return internal(e),
     };
     let is_master = s.handle.is_master();
-    let lease = s.handle.master();
     let p = s.progress.snapshot();
     let (mariadb_pos, mariadb_error) = match mariadb_gtid_current_pos(&s.mariadb).await {
         Ok(pos) => (Value::String(pos), Value::Null),
@@ -140,13 +151,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Response {
         "node_id": s.node_id,
         "role": if is_master { "master" } else { "follower" },
         "is_master": is_master,
-        "lease": {
-            "master": lease.map(|(id, _)| id),
-            "master_name": lease.and_then(|(id, _)| s.name_of(id)),
-            "remaining_ms": lease.map(|(_, d)| d.as_millis() as u64),
-            "version": st.lease_version,
-            "duration_ms": s.handle.lease_duration().as_millis() as u64,
-        },
+        "lease": s.lease_json(),
         "paxos": {
             "chosen_prefix": st.chosen_prefix,
             "applied": st.applied,
@@ -179,16 +184,10 @@ async fn status(State(s): State<Arc<AdminState>>) -> Response {
 /// query, no Paxos round): the lease as this node sees it, and the agent's
 /// view of the local MariaDB (role, up, lag).
 async fn route(State(s): State<Arc<AdminState>>) -> Response {
-    let lease = s.handle.master();
     Json(json!({
         "node": s.node_name,
         "node_id": s.node_id,
-        "lease": {
-            "master": lease.map(|(id, _)| id),
-            "master_name": lease.and_then(|(id, _)| s.name_of(id)),
-            "remaining_ms": lease.map(|(_, d)| d.as_millis() as u64),
-            "version": s.handle.lease_version(),
-        },
+        "lease": s.lease_json(),
         "agent": s.agent.as_ref().map(|a| a.status.get()),
     }))
     .into_response()
