@@ -22,5 +22,6 @@ pub use mariadb::{LocalMariaDb, MariaDbError, ReplicationSource};
 pub use role::{LeaseView, Role, ServerIds};
 pub use runner::{
     Agent, AgentStatus, ClusterView, Gates, PROXY_HEARTBEAT_TIMEOUT, ProxyLiveness, StatusHandle,
+    fencing_margin,
 };
 pub use supervisor::{LaunchConfig, RESTORED_GTID_FILE, Supervisor};

@@ -181,9 +181,13 @@ impl LocalMariaDb {
     /// Carries out one SQL step.
     pub async fn apply(&self, action: &Action) -> Result<(), MariaDbError> {
         let sql = match action {
-            Action::SetReadOnly(on) => {
-                format!("SET GLOBAL read_only = {}", if *on { "ON" } else { "OFF" })
+            // Turning read_only on waits for commits in progress; one left
+            // waiting for an ACK would hold it forever. Give up after a
+            // second (the agent looks again and sees the waiting commit).
+            Action::SetReadOnly(true) => {
+                "SET SESSION lock_wait_timeout = 1; SET GLOBAL read_only = ON".to_string()
             }
+            Action::SetReadOnly(false) => "SET GLOBAL read_only = OFF".to_string(),
             Action::SetServerId(id) => format!("SET GLOBAL server_id = {id}"),
             Action::StopReplica => "STOP SLAVE".to_string(),
             Action::ReplicateFromBinlogServer => {

@@ -28,6 +28,11 @@ use serde::Serialize;
 pub enum LeaseView {
     /// This node, by its own (conservative) clock.
     Mine,
+    /// Still this node's, but about to end without a renewal (less than the
+    /// agent's fencing margin left): the master makes itself harmless now,
+    /// while no other node can hold the lease yet, and keeps trying to
+    /// renew. A renewal turns it back into [`LeaseView::Mine`].
+    Ending,
     /// Another node.
     Other(u64),
     /// Nobody (expired, or never taken).
@@ -270,7 +275,47 @@ impl RoleMachine {
         }
         match obs.lease {
             LeaseView::Mine => self.promote(obs, db, actions),
+            LeaseView::Ending => self.fence(db, actions),
             LeaseView::Other(_) | LeaseView::Vacant => self.follow(obs, db, actions),
+        }
+    }
+
+    /// The lease is still ours but ends soon without a renewal (the node
+    /// may be cut off): stop taking writes before any other node can hold
+    /// the lease, so that two writable MariaDBs never coexist. No more
+    /// ACKs; read-only; commits already waiting for an ACK (read_only would
+    /// wait for them forever) are rolled back by restarting a supervised
+    /// `mariadbd` as a replica. The node keeps renewing: if a renewal gets
+    /// through, the next observation promotes it again.
+    fn fence(&mut self, db: &MariaDbState, mut actions: Vec<Action>) -> Decision {
+        if self.write_path_open {
+            self.write_path_open = false;
+            actions.push(Action::CloseWritePath);
+        }
+        // A renewal is a new term: it gets a fresh server_id.
+        self.promoted_id = None;
+        if db.waiting_commits > 0 {
+            self.role = Role::Blocked(format!(
+                "the lease ends without a renewal and {} commit(s) wait for an ACK: {}",
+                db.waiting_commits,
+                if self.supervised {
+                    "restarting mariadbd as a replica"
+                } else {
+                    "restart mariadbd as a replica (--init-rpl-role=SLAVE) so it rolls them back"
+                }
+            ));
+            if self.supervised {
+                actions.push(Action::RestartMariaDb);
+            }
+        } else {
+            self.role = Role::Blocked("the lease ends without a renewal: read-only".into());
+            if !db.read_only {
+                actions.push(Action::SetReadOnly(true));
+            }
+        }
+        Decision {
+            actions,
+            may_campaign: true,
         }
     }
 
@@ -391,6 +436,20 @@ impl RoleMachine {
             if self.supervised {
                 actions.push(Action::RestartMariaDb);
             }
+            return Decision {
+                actions,
+                may_campaign: false,
+            };
+        }
+        if self.supervised && db.semi_sync_master && !db.read_only {
+            // A former master still writable (it was frozen, say, while its
+            // lease ran out). `SET read_only` would wait behind any commit
+            // that comes in meanwhile; a restart as a replica is immediate,
+            // loses nothing acknowledged, and rolls back what was not.
+            self.role = Role::Blocked(
+                "a former master still writable: restarting mariadbd as a replica".into(),
+            );
+            actions.push(Action::RestartMariaDb);
             return Decision {
                 actions,
                 may_campaign: false,

@@ -19,9 +19,22 @@ pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// loop goes on looking).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long before the end of its own lease a master that was not renewed
+/// fences itself ([`LeaseView::Ending`]), for an agent that looks every
+/// `poll_interval` under a lease of `lease`: three looks (one to notice, and
+/// room for the steps: a kill or a `SET read_only`), at most a quarter of
+/// the lease. A master renews every quarter of the lease, so it fences only
+/// after two to three renewals in a row failed. Together with the lease's
+/// drift margin on both sides, this is the time by which the old master is
+/// read-only before any other node may take the lease.
+pub fn fencing_margin(poll_interval: Duration, lease: Duration) -> Duration {
+    (poll_interval * 3).min(lease / 4)
+}
+
 /// What the agent needs from the binlog server.
 pub trait ClusterView: Send + Sync + 'static {
-    /// Who holds the lease, as this node sees it.
+    /// Who holds the lease, as this node sees it ([`LeaseView::Ending`]
+    /// within [`fencing_margin`] of its end).
     fn lease(&self) -> LeaseView;
     /// The lease value's version as this node last applied it.
     fn lease_version(&self) -> u64;
@@ -296,8 +309,9 @@ impl<V: ClusterView> Agent<V> {
         let decision = self.machine.decide(&obs);
         let proxy_alive = self.proxy.as_ref().map(ProxyLiveness::is_alive);
         // A lease holder renews without its proxy (see `ProxyLiveness`).
-        let may_campaign =
-            decision.may_campaign && (proxy_alive != Some(false) || obs.lease == LeaseView::Mine);
+        let may_campaign = decision.may_campaign
+            && (proxy_alive != Some(false)
+                || matches!(obs.lease, LeaseView::Mine | LeaseView::Ending));
         self.gates
             .may_campaign
             .store(may_campaign, Ordering::Release);

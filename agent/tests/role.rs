@@ -256,3 +256,100 @@ fn a_draining_master_turns_read_only_but_keeps_its_write_path() {
     o.draining = false;
     assert_eq!(m.decide(&o).actions, vec![Action::SetReadOnly(false)]);
 }
+
+/// A master whose lease is about to end without a renewal (cut off, say)
+/// makes itself harmless before any other node may take the lease: no
+/// more ACKs, read-only, and it keeps trying to renew.
+#[test]
+fn an_ending_lease_fences_the_master_and_a_renewal_promotes_it_again() {
+    let mut m = machine();
+    m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
+    assert!(m.write_path_open());
+    let master = MariaDbState {
+        binlog_pos: pos("0-1-3"),
+        read_only: false,
+        replica: None,
+        semi_sync_master: true,
+        waiting_commits: 0,
+        server_id: IDS.master(VERSION),
+    };
+    let d = m.decide(&obs(LeaseView::Ending, "0-1-3", Some(master.clone())));
+    assert_eq!(
+        d.actions,
+        vec![Action::CloseWritePath, Action::SetReadOnly(true)]
+    );
+    assert!(matches!(m.role(), Role::Blocked(_)), "{:?}", m.role());
+    assert!(d.may_campaign, "it keeps renewing");
+    // Renewed: a new term, a fresh server_id, writable again.
+    let fenced = MariaDbState {
+        read_only: true,
+        ..master
+    };
+    let mut o = obs(LeaseView::Mine, "0-1-3", Some(fenced));
+    o.lease_version = VERSION + 1;
+    let d = m.decide(&o);
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::SetServerId(IDS.master(VERSION + 1)),
+            Action::OpenWritePath,
+            Action::SetReadOnly(false),
+        ]
+    );
+    assert_eq!(m.role(), &Role::Master);
+}
+
+/// `SET read_only` would wait forever behind commits waiting for an ACK:
+/// a supervised MariaDB is restarted as a replica instead (it rolls them
+/// back), an unsupervised one is reported.
+#[test]
+fn an_ending_lease_with_waiting_commits_restarts_a_supervised_mariadb() {
+    let stuck = MariaDbState {
+        binlog_pos: pos("0-1-4"),
+        read_only: false,
+        replica: None,
+        semi_sync_master: true,
+        waiting_commits: 2,
+        server_id: IDS.master(VERSION),
+    };
+    let mut m = machine().supervised();
+    m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
+    let d = m.decide(&obs(LeaseView::Ending, "0-1-3", Some(stuck.clone())));
+    assert_eq!(
+        d.actions,
+        vec![Action::CloseWritePath, Action::RestartMariaDb]
+    );
+    assert!(d.may_campaign);
+    let mut m = machine();
+    m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
+    let d = m.decide(&obs(LeaseView::Ending, "0-1-3", Some(stuck)));
+    assert_eq!(d.actions, vec![Action::CloseWritePath]);
+    match m.role() {
+        Role::Blocked(why) => assert!(why.contains("2 commit(s)"), "{why}"),
+        r => panic!("{r:?}"),
+    }
+}
+
+/// A supervised former master found still writable after its lease (it
+/// was frozen past it, say) is restarted as a replica at once: `SET
+/// read_only` could wait behind a commit that comes in meanwhile.
+#[test]
+fn a_supervised_former_master_still_writable_is_restarted() {
+    let mut m = machine().supervised();
+    m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
+    let writable = MariaDbState {
+        binlog_pos: pos("0-1-3"),
+        read_only: false,
+        replica: None,
+        semi_sync_master: true,
+        waiting_commits: 0,
+        server_id: IDS.master(VERSION),
+    };
+    let d = m.decide(&obs(LeaseView::Other(2), "0-1-3", Some(writable)));
+    assert_eq!(
+        d.actions,
+        vec![Action::CloseWritePath, Action::RestartMariaDb]
+    );
+    assert!(matches!(m.role(), Role::Blocked(_)));
+    assert!(!d.may_campaign);
+}

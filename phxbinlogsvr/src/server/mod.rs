@@ -196,12 +196,20 @@ impl agent::ClusterView for AgentView {
     }
 
     fn lease(&self) -> agent::LeaseView {
-        if self.handle.is_master() {
-            return agent::LeaseView::Mine;
-        }
+        // `master()` is this node's conservative view (never past its own
+        // lease end, nothing once a step-down was asked for).
         match self.handle.master() {
-            Some((id, _)) if id != self.me => agent::LeaseView::Other(id),
-            _ => agent::LeaseView::Vacant,
+            Some((id, left)) if id == self.me => {
+                let margin =
+                    agent::fencing_margin(AGENT_POLL_INTERVAL, self.handle.lease_duration());
+                if left > margin {
+                    agent::LeaseView::Mine
+                } else {
+                    agent::LeaseView::Ending
+                }
+            }
+            Some((id, _)) => agent::LeaseView::Other(id),
+            None => agent::LeaseView::Vacant,
         }
     }
 
