@@ -33,8 +33,9 @@ struct Args {
     #[arg(long)]
     no_campaign: bool,
     /// Largest transaction proposed as one Paxos value, in bytes; larger
-    /// ones are split into parts of at most this size (default and maximum
-    /// 32 MiB, minimum 64 KiB). For tests and tuning.
+    /// ones are split into parts of at most this size (default 4 MiB, so
+    /// that lease renewals get through between parts; maximum 32 MiB,
+    /// minimum 64 KiB). For tests and tuning.
     #[arg(long, value_name = "BYTES")]
     max_value_bytes: Option<usize>,
     /// Most Paxos values the write path keeps in flight (default 8; 1 =

@@ -34,8 +34,8 @@ use tokio::task::JoinHandle;
 
 pub use state_machine::{BinlogStateMachine, Progress, ProgressState};
 pub use value::{
-    ApplyOutcome, BinlogValue, MAX_BATCH_BYTES, MAX_TRANSACTION_BYTES, MIN_VALUE_BYTES, PartValue,
-    Value,
+    ApplyOutcome, BinlogValue, DEFAULT_VALUE_BYTES, MAX_BATCH_BYTES, MAX_TRANSACTION_BYTES,
+    MIN_VALUE_BYTES, PartValue, Value,
 };
 pub use write_path::{WriteMetrics, WritePath, WritePathConfig};
 
@@ -86,7 +86,7 @@ pub struct ServerOptions {
     /// decides; the node still votes and follows).
     pub no_campaign: bool,
     /// The write path's per-value limit: transactions larger than this are
-    /// split into parts (default [`MAX_TRANSACTION_BYTES`]; clamped to
+    /// split into parts (default [`DEFAULT_VALUE_BYTES`]; clamped to
     /// [`MIN_VALUE_BYTES`]..=[`MAX_TRANSACTION_BYTES`]).
     pub max_value_bytes: Option<usize>,
     /// The write path's most values in flight (default

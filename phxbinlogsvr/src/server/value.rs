@@ -25,12 +25,23 @@ use serde::{Deserialize, Serialize};
 /// transaction bytes). Matches the Paxos core's default `max_batch_bytes`.
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
-/// Largest transaction the write path proposes whole (one value, under the
-/// transport's 64 MiB frame limit with room to spare), and the default
-/// per-value limit: a larger transaction is split into parts of at most
-/// this many event bytes, each its own Paxos value ([`PartValue`]), applied
-/// with `EventStore::append_part`.
+/// Highest per-value limit the write path accepts (one value, under the
+/// transport's 64 MiB frame limit with room to spare): a transaction
+/// larger than the limit is split into parts of at most that many event
+/// bytes, each its own Paxos value ([`PartValue`]), applied with
+/// `EventStore::append_part`.
 pub const MAX_TRANSACTION_BYTES: usize = 32 << 20;
+
+/// The default per-value limit. Lease renewals are Paxos values too, and
+/// take effect only once applied, in log order: a value of tens of MiB ahead
+/// of a renewal can delay it past the lease (measured: a 64 MiB transaction
+/// in 32 MiB parts cost a debug-build master its lease). Small parts let
+/// renewals through between them.
+pub const DEFAULT_VALUE_BYTES: usize = MAX_BATCH_BYTES;
+
+/// The default bound on the bytes the write path has in flight (submitted
+/// values whose outcome it has not seen), for the same reason.
+pub const DEFAULT_INFLIGHT_BYTES: usize = 2 * MAX_BATCH_BYTES;
 
 /// Smallest per-value limit the write path accepts (part 0 must hold the
 /// whole GTID event, which is far smaller).

@@ -12,7 +12,9 @@
 //! 3. take whatever is available (at most [`MAX_BATCH_BYTES`] and
 //!    `max_batch_transactions`), build a [`BinlogValue`] on the log's
 //!    *predicted* end (position, rolling checksum) and submit it without
-//!    waiting: up to `max_inflight` values are in flight, each built on the
+//!    waiting: up to `max_inflight` values, holding less than
+//!    `max_inflight_bytes` (so that a lease renewal, applied in log order,
+//!    never queues behind much data), are in flight, each built on the
 //!    end the ones before it will leave (the state machine's own arithmetic,
 //!    `extend_tail`). Values submitted in order are placed in order, so in
 //!    the normal case each one's compare-and-set holds; if one fails, every
@@ -75,7 +77,8 @@ use tokio::task::JoinHandle;
 
 use super::state_machine::{Progress, extend_tail};
 use super::value::{
-    ApplyOutcome, BinlogValue, MAX_BATCH_BYTES, MAX_TRANSACTION_BYTES, MIN_VALUE_BYTES, PartValue,
+    ApplyOutcome, BinlogValue, DEFAULT_INFLIGHT_BYTES, DEFAULT_VALUE_BYTES, MAX_BATCH_BYTES,
+    MIN_VALUE_BYTES, PartValue,
 };
 use crate::semisync::{
     Acker, ReplTransaction, SemiSyncClient, SemiSyncConfig, SemiSyncError, TransactionReader,
@@ -95,6 +98,9 @@ pub struct WritePathConfig {
     /// Each is built on the predicted end of the ones before it; they are
     /// acknowledged in order.
     pub max_inflight: usize,
+    /// Most transaction bytes in flight at once: no new value is submitted
+    /// while those in flight hold this many (one always may be).
+    pub max_inflight_bytes: usize,
     /// Largest transaction proposed whole; a larger one is split into parts
     /// of at most this many bytes (at least [`MIN_VALUE_BYTES`]).
     pub max_value_bytes: usize,
@@ -112,7 +118,8 @@ impl WritePathConfig {
             max_batch_transactions: 1024,
             max_batch_bytes: MAX_BATCH_BYTES,
             max_inflight: DEFAULT_MAX_INFLIGHT,
-            max_value_bytes: MAX_TRANSACTION_BYTES,
+            max_inflight_bytes: DEFAULT_INFLIGHT_BYTES,
+            max_value_bytes: DEFAULT_VALUE_BYTES,
             retry_delay: Duration::from_millis(200),
             poll_interval: Duration::from_millis(20),
         }
@@ -204,6 +211,8 @@ struct InFlight {
     expect: Tail,
     /// When it was submitted.
     submitted: std::time::Instant,
+    /// Its transactions' bytes.
+    bytes: usize,
 }
 
 /// The outcome of the oldest value in flight; never resolves while none is.
@@ -469,6 +478,7 @@ impl WritePath {
                 inflight.is_empty()
             } else {
                 inflight.len() < max_inflight
+                    && inflight.iter().map(|f| f.bytes).sum::<usize>() < self.cfg.max_inflight_bytes
             };
             let first = match carried.take() {
                 Some(t) if may_take => t,
@@ -754,6 +764,7 @@ impl WritePath {
         match self.handle.submit(data).await {
             Ok(pending) => Ok(InFlight {
                 pending,
+                bytes: batch.iter().map(|t| t.transaction.size()).sum(),
                 batch,
                 expect,
                 submitted: std::time::Instant::now(),
