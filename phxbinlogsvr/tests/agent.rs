@@ -853,6 +853,8 @@ async fn verify_bank(c: &SupervisedCluster, acked: &[u64]) {
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     KillMariaDb,
+    /// kill -9 of the binlog server alone (its `mariadbd` dies with it).
+    KillBinlogServer,
     KillBoth,
     StopAll,
     /// Every packet to the master's Paxos port dropped (iptables on lo):
@@ -913,6 +915,7 @@ const THAWED_MASTER_GRACE: Duration = Duration::from_secs(1);
 async fn fault_under_bank_workload(fault: Fault) {
     let mut c = SupervisedCluster::start(match fault {
         Fault::KillMariaDb => "f-kdb",
+        Fault::KillBinlogServer => "f-ksvr",
         Fault::KillBoth => "f-kall",
         Fault::StopAll => "f-stop",
         Fault::CutOff => "f-cut",
@@ -933,7 +936,11 @@ async fn fault_under_bank_workload(fault: Fault) {
     match fault {
         Fault::KillMariaDb => c.nodes[m].signal("KILL"),
         // Its mariadbd dies with it (PR_SET_PDEATHSIG).
-        Fault::KillBoth => c.svrs[m].kill(),
+        Fault::KillBinlogServer => c.svrs[m].kill(),
+        Fault::KillBoth => {
+            c.nodes[m].signal("KILL");
+            c.svrs[m].kill();
+        }
         Fault::StopAll => {
             c.nodes[m].signal("STOP");
             c.svrs[m].signal("STOP");
@@ -975,7 +982,7 @@ async fn fault_under_bank_workload(fault: Fault) {
     let mut thawed = None;
     match fault {
         Fault::KillMariaDb => {}
-        Fault::KillBoth => c.svrs[m].start(),
+        Fault::KillBinlogServer | Fault::KillBoth => c.svrs[m].start(),
         Fault::StopAll => {
             thawed = Some(Instant::now());
             c.svrs[m].signal("CONT");
@@ -1015,6 +1022,11 @@ async fn fault_under_bank_workload(fault: Fault) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_the_masters_mariadb_under_a_bank_workload() {
     fault_under_bank_workload(Fault::KillMariaDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_masters_binlog_server_under_a_bank_workload() {
+    fault_under_bank_workload(Fault::KillBinlogServer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
