@@ -15,6 +15,12 @@
 //!
 //! Prints one line per run and the median and maximum. `RUST_LOG` is passed
 //! to the binlog servers (default `warn`); `--keep-logs` keeps their logs.
+//!
+//! Then switchover write downtime: a client writes all along to whichever
+//! node takes its writes, while `POST /switchover` moves the master around
+//! every ordered pair of nodes (`--switchovers`, default 6); the downtime of
+//! one switchover is the longest gap between two acknowledged writes from
+//! the request until writes flow on the new master.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,6 +42,7 @@ use tokio::net::TcpStream;
 
 const ADMIN_USER: &str = "phxadmin";
 const ADMIN_PASSWORD: &str = "admin-secret";
+const ADMIN_TOKEN: &str = "bench-token";
 
 #[derive(Parser, Debug)]
 #[command(about = "failover time of a 3-node phxbinlogsvr cluster: kill -9 the master node")]
@@ -52,6 +59,34 @@ struct Args {
     /// Keep the binlog servers' logs (prints where).
     #[arg(long)]
     keep_logs: bool,
+    /// Switchovers to measure after the failovers (0: none).
+    #[arg(long, default_value_t = 6)]
+    switchovers: u32,
+}
+
+/// `POST path` with the cluster's admin token; (status code, body).
+async fn post(admin: u16, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", admin)).await?;
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+             Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
 }
 
 /// A `phxbinlogsvr` process, killed on drop.
@@ -236,7 +271,7 @@ async fn main() -> Result<()> {
         "version: 1\ncluster_id: 4343\nname: failover\nlease: {{duration: {}}}\ncredentials:\n\
          \x20 replication: {{user: {REPL_USER}, password: \"{REPL_PASSWORD}\"}}\n\
          \x20 mariadb_admin: {{user: {ADMIN_USER}, password: \"{ADMIN_PASSWORD}\"}}\n\
-         \x20 admin_api: {{token: \"t\"}}\nnodes:\n",
+         \x20 admin_api: {{token: \"{ADMIN_TOKEN}\"}}\nnodes:\n",
         args.lease
     );
     let admins: Vec<u16> = (0..3).map(|i| pv[i * 3 + 2]).collect();
@@ -364,6 +399,7 @@ async fn main() -> Result<()> {
             dbs[i].wait_for_gtid(&pos, Duration::from_secs(60)).await?;
         }
     }
+    let switchover_downtimes = switchovers(&args, &dbs, &admins, &acked, &mut next_id, m).await?;
     // Every acknowledged write on every node.
     let acked = acked.lock().unwrap().clone();
     for (i, db) in dbs.iter().enumerate() {
@@ -389,5 +425,118 @@ async fn main() -> Result<()> {
         max,
         acked.len()
     );
+    if let Some((med, max)) = switchover_downtimes {
+        println!(
+            "switchover write downtime, {} switchovers: median {:.0} ms, max {:.0} ms",
+            args.switchovers, med, max
+        );
+    }
     Ok(())
+}
+
+/// Moves the master around every ordered pair (`args.switchovers` times)
+/// under a writing client; (median, max) write downtime in ms.
+async fn switchovers(
+    args: &Args,
+    dbs: &[Arc<MariaDb>],
+    admins: &[u16],
+    acked: &Arc<Mutex<Vec<u64>>>,
+    next_id: &mut u64,
+    first: usize,
+) -> Result<Option<(f64, f64)>> {
+    if args.switchovers == 0 {
+        return Ok(None);
+    }
+    let all = [0usize, 1, 2];
+    let stop = Arc::new(AtomicBool::new(false));
+    // When each write was acknowledged.
+    let times = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let writer = {
+        let (dbs, acked, times, stop) = (
+            dbs.to_vec(),
+            Arc::clone(acked),
+            Arc::clone(&times),
+            Arc::clone(&stop),
+        );
+        let (mut id, mut at) = (*next_id, first);
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let mut done = false;
+                for j in 0..dbs.len() {
+                    let i = (at + j) % dbs.len();
+                    if insert(&dbs[i], id).await.is_ok() {
+                        acked.lock().unwrap().push(id);
+                        times.lock().unwrap().push(Instant::now());
+                        at = i;
+                        done = true;
+                        break;
+                    }
+                }
+                id += 1;
+                if !done {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            id
+        })
+    };
+    let writes = || times.lock().unwrap().len();
+    let flowing = async |n: usize| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while writes() < n + 5 {
+            if Instant::now() > deadline {
+                bail!("writes do not flow");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    };
+    let mut master = first;
+    let mut downtimes = Vec::new();
+    for k in 0..args.switchovers {
+        let to = (master + if (k / 3) % 2 == 0 { 1 } else { 2 }) % 3;
+        flowing(writes()).await?;
+        let t0 = Instant::now();
+        let req = format!(r#"{{"to":"node{}"}}"#, to + 1);
+        let (mut code, mut body) = post(admins[master], "/switchover", &req).await?;
+        if code == 503 {
+            (code, body) = post(admins[master], "/switchover", &req).await?;
+        }
+        if code != 200 {
+            bail!(
+                "switchover node{} -> node{}: {code} {body}",
+                master + 1,
+                to + 1
+            );
+        }
+        if wait_master(admins, &all, Duration::from_secs(30)).await? != to {
+            bail!("switchover to node{} did not take", to + 1);
+        }
+        let n = writes();
+        flowing(n).await?;
+        let t = times.lock().unwrap().clone();
+        let gap = t
+            .windows(2)
+            .filter(|w| w[1] > t0)
+            .map(|w| w[1].duration_since(w[0].max(t0)))
+            .max()
+            .unwrap_or_default();
+        println!(
+            "switchover {:>2}: node{} -> node{}, write downtime {:>4} ms",
+            k + 1,
+            master + 1,
+            to + 1,
+            gap.as_millis()
+        );
+        downtimes.push(gap.as_secs_f64() * 1000.0);
+        master = to;
+    }
+    stop.store(true, Ordering::Relaxed);
+    *next_id = writer.await? + 1;
+    let pos = dbs[master].gtid_binlog_pos().await?;
+    for &i in all.iter().filter(|&&i| i != master) {
+        dbs[i].wait_for_gtid(&pos, Duration::from_secs(60)).await?;
+    }
+    let max = downtimes.iter().copied().fold(0.0, f64::max);
+    Ok(Some((median(&mut downtimes), max)))
 }

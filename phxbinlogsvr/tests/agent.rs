@@ -969,6 +969,16 @@ async fn fault_under_bank_workload(fault: Fault) {
         m2 + 1,
         t0.elapsed()
     );
+    if let Fault::KillMariaDb = fault {
+        // Restarted by the agent (as a replica, rolling back what was not
+        // acknowledged); its node may even have kept the lease.
+        wait_until(
+            "the killed mariadbd restarted",
+            Duration::from_secs(30),
+            async || c.nodes[m].pid().is_some_and(|p| Some(p) != old_pid),
+        )
+        .await;
+    }
     if let Fault::CutOff = fault {
         // Fenced before the others could elect: its MariaDB (commits were
         // waiting for an ACK) was restarted as a replica.

@@ -2,7 +2,11 @@
 //!
 //! 1. sysbench `oltp_point_select`, 16 threads: straight to a replica's
 //!    MariaDB and through that node's read-only port, alternated
-//!    (direct, proxy, direct, proxy, ...); QPS, p95 and the ratio.
+//!    (direct, proxy, direct, proxy, ...); QPS, p95 and the ratio. When
+//!    `haproxy` is installed, a third path for reference: HAProxy in TCP
+//!    mode in front of the same MariaDB (also sending a PROXY v2 header,
+//!    with as many threads as the proxy), the best-known TCP relay, so the
+//!    ratio shows what a user-space hop costs on this machine at all.
 //! 2. The proxy's resident memory with 5,000 idle client connections open
 //!    through its read-only port (each with its backend connection).
 //!
@@ -50,6 +54,67 @@ struct Args {
     /// `phxsqlproxy --threads` (default: one per CPU).
     #[arg(long)]
     proxy_threads: Option<usize>,
+    /// Skip the HAProxy reference even when `haproxy` is installed.
+    #[arg(long)]
+    no_haproxy: bool,
+}
+
+/// HAProxy in TCP mode relaying one port to `backend`, killed on drop.
+struct HaProxy {
+    child: std::process::Child,
+    port: u16,
+    pid: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl HaProxy {
+    /// `None` when `haproxy` is not installed.
+    fn start(backend: u16, threads: usize) -> Result<Option<HaProxy>> {
+        if Command::new("haproxy").arg("-v").output().is_err() {
+            return Ok(None);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = tempfile::tempdir()?;
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 20000\n  nbthread {threads}\n\
+                 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+                 listen mariadb\n  bind 127.0.0.1:{port}\n  server db 127.0.0.1:{backend} send-proxy-v2\n"
+            ),
+        )?;
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting haproxy")?;
+        let pid = child.id();
+        // Listening?
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Some(HaProxy {
+                    child,
+                    port,
+                    pid,
+                    _dir: dir,
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("haproxy did not listen on {port}")
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 struct Run {
@@ -173,8 +238,24 @@ async fn main() -> Result<()> {
         .wait_for_gtid(&pos, Duration::from_secs(120))
         .await?;
 
+    let threads = args.proxy_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let haproxy = if args.no_haproxy {
+        None
+    } else {
+        HaProxy::start(direct, threads)?
+    };
+    if haproxy.is_none() {
+        println!(
+            "(haproxy not installed or skipped: no reference path; apt-get install -y haproxy)"
+        );
+    }
     let mut direct_runs = Vec::new();
     let mut proxy_runs = Vec::new();
+    let mut haproxy_runs = Vec::new();
     for round in 1..=args.rounds {
         let d = parse(&sysbench(direct, &args, "run")?)?;
         println!(
@@ -190,6 +271,16 @@ async fn main() -> Result<()> {
         );
         direct_runs.push(d);
         proxy_runs.push(p);
+        if let Some(h) = &haproxy {
+            let cpu0 = cpu_secs(h.pid);
+            let run = parse(&sysbench(h.port, &args, "run")?)?;
+            let cpu = (cpu_secs(h.pid) - cpu0) / args.time as f64;
+            println!(
+                "round {round} haproxy: {:.0} QPS, p95 {:.2} ms (haproxy CPU {:.2} cores)",
+                run.qps, run.p95_ms, cpu
+            );
+            haproxy_runs.push(run);
+        }
     }
     let mean = |v: &[Run], f: fn(&Run) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
     let (dq, pq) = (mean(&direct_runs, |r| r.qps), mean(&proxy_runs, |r| r.qps));
@@ -204,7 +295,23 @@ async fn main() -> Result<()> {
         "| through the RO port | {pq:.0} | {:.2} |",
         mean(&proxy_runs, |r| r.p95_ms)
     );
+    if !haproxy_runs.is_empty() {
+        println!(
+            "| through HAProxy (tcp mode, reference) | {:.0} | {:.2} |",
+            mean(&haproxy_runs, |r| r.qps),
+            mean(&haproxy_runs, |r| r.p95_ms)
+        );
+    }
     println!("proxy / direct QPS: {:.3}", pq / dq);
+    if !haproxy_runs.is_empty() {
+        let hq = mean(&haproxy_runs, |r| r.qps);
+        println!(
+            "haproxy / direct QPS: {:.3}; proxy / haproxy QPS: {:.3}",
+            hq / dq,
+            pq / hq
+        );
+    }
+    drop(haproxy);
 
     // Memory with idle connections.
     let before = rss_kib(proxy_pid);

@@ -14,7 +14,12 @@
 //!
 //! It also sends the local binlog server a heartbeat every second: without
 //! one, that node does not campaign for the lease.
+//!
+//! The node list can change while it runs ([`Discovery::set_nodes`], when
+//! the cluster file gains or loses a node): one poller per node, started
+//! and stopped to match.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -35,10 +40,17 @@ const REPORT_TTL: Duration = Duration::from_secs(2);
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A node's admin API address and the token for mutating calls.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminEndpoint {
     pub addr: String,
     pub token: String,
+}
+
+/// A node of the cluster file: where its MariaDB and its admin API are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub addr: NodeAddr,
+    pub admin: AdminEndpoint,
 }
 
 /// The shared view (cheap to clone).
@@ -46,31 +58,44 @@ pub struct AdminEndpoint {
 pub struct Discovery {
     topology: Arc<Mutex<Topology>>,
     master: watch::Receiver<Option<NodeAddr>>,
+    nodes: Arc<watch::Sender<Vec<ClusterNode>>>,
 }
 
 impl Discovery {
-    /// Starts polling `admins` (same order as `topology.nodes`) into
-    /// `tasks`; `local` indexes this node.
-    pub fn start(
-        topology: Topology,
-        admins: Vec<AdminEndpoint>,
-        local: usize,
-        tasks: &mut JoinSet<()>,
-    ) -> Discovery {
-        let topology = Arc::new(Mutex::new(topology));
+    /// Starts polling every node of `nodes` into `tasks`; `me` is this
+    /// node's id (its binlog server gives the lease and the heartbeat goes
+    /// to it).
+    pub fn start(me: u64, nodes: Vec<ClusterNode>, tasks: &mut JoinSet<()>) -> Discovery {
+        let addrs = nodes.iter().map(|n| n.addr.clone()).collect();
+        let topology = Arc::new(Mutex::new(Topology::new(me, addrs)));
         let (master_tx, master) = watch::channel(None);
         let (tx, rx) = mpsc::channel(64);
-        for (index, endpoint) in admins.iter().enumerate() {
-            tasks.spawn(poll_node(
-                index,
-                index == local,
-                endpoint.clone(),
-                tx.clone(),
-            ));
+        if let Some(local) = nodes.iter().find(|n| n.addr.id == me) {
+            tasks.spawn(heartbeat(local.admin.clone()));
         }
-        tasks.spawn(heartbeat(admins[local].clone()));
+        let (nodes_tx, nodes_rx) = watch::channel(nodes);
+        tasks.spawn(pollers(me, nodes_rx, tx));
         tasks.spawn(publish(Arc::clone(&topology), rx, master_tx));
-        Discovery { topology, master }
+        Discovery {
+            topology,
+            master,
+            nodes: Arc::new(nodes_tx),
+        }
+    }
+
+    /// Replaces the node list: routing forgets removed nodes at once, new
+    /// ones count once their binlog server answers.
+    pub fn set_nodes(&self, nodes: Vec<ClusterNode>) {
+        self.topology
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_nodes(nodes.iter().map(|n| n.addr.clone()).collect());
+        self.nodes.send_replace(nodes);
+    }
+
+    /// The node list in use.
+    pub fn nodes(&self) -> Vec<ClusterNode> {
+        self.nodes.borrow().clone()
     }
 
     /// A snapshot of everything routing reads.
@@ -89,9 +114,46 @@ impl Discovery {
 
 /// One answer (or failure) of one node.
 struct Answer {
-    index: usize,
+    id: u64,
     sent: Instant,
     route: Option<RouteJson>,
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps one [`poll_node`] task per node of the current list (a node whose
+/// admin address changed gets a new one).
+async fn pollers(me: u64, mut nodes: watch::Receiver<Vec<ClusterNode>>, tx: mpsc::Sender<Answer>) {
+    let mut running: HashMap<u64, (AdminEndpoint, AbortOnDrop)> = HashMap::new();
+    loop {
+        let want = nodes.borrow_and_update().clone();
+        running.retain(|id, (endpoint, _)| {
+            want.iter()
+                .any(|n| n.addr.id == *id && n.admin == *endpoint)
+        });
+        for n in want {
+            if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(n.addr.id) {
+                let task = tokio::spawn(poll_node(
+                    n.addr.id,
+                    n.addr.id == me,
+                    n.admin.clone(),
+                    tx.clone(),
+                ));
+                slot.insert((n.admin, AbortOnDrop(task.abort_handle())));
+            }
+        }
+        if nodes.changed().await.is_err() {
+            // The Discovery is gone; keep the pollers until shutdown.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -113,7 +175,7 @@ struct AgentJson {
     lag_ms: Option<u64>,
 }
 
-async fn poll_node(index: usize, local: bool, endpoint: AdminEndpoint, tx: mpsc::Sender<Answer>) {
+async fn poll_node(id: u64, local: bool, endpoint: AdminEndpoint, tx: mpsc::Sender<Answer>) {
     let mut client = client(endpoint);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -150,7 +212,7 @@ async fn poll_node(index: usize, local: bool, endpoint: AdminEndpoint, tx: mpsc:
             tracing::info!(admin = %client.addr(), "binlog server answers again");
         }
         failing = route.is_none();
-        if tx.send(Answer { index, sent, route }).await.is_err() {
+        if tx.send(Answer { id, sent, route }).await.is_err() {
             return;
         }
     }
@@ -182,12 +244,8 @@ async fn publish(
     mut rx: mpsc::Receiver<Answer>,
     master_tx: watch::Sender<Option<NodeAddr>>,
 ) {
-    let n = topology
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .nodes
-        .len();
-    let mut answered: Vec<Option<Instant>> = vec![None; n];
+    // When each node (by id) last answered.
+    let mut answered: HashMap<u64, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(POLL_INTERVAL / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -201,11 +259,13 @@ async fn publish(
         let now = Instant::now();
         let master = {
             let mut t = topology.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(a) = answer {
-                let is_local = t.nodes[a.index].id == t.me;
+            // An answer from a node just removed from the list is dropped.
+            let answer = answer.and_then(|a| t.index_of(a.id).map(|i| (a, i)));
+            if let Some((a, index)) = answer {
+                let is_local = a.id == t.me;
                 if let Some(route) = a.route {
-                    answered[a.index] = Some(now);
-                    t.reports[a.index] = Some(match route.agent {
+                    answered.insert(a.id, now);
+                    t.reports[index] = Some(match route.agent {
                         Some(ag) => NodeReport {
                             role: Some(ag.role),
                             mariadb_up: ag.mariadb_up,
@@ -229,11 +289,16 @@ async fn publish(
                     }
                 }
             }
-            for (i, when) in answered.iter().enumerate() {
-                if when.is_none_or(|w| now.duration_since(w) > REPORT_TTL) {
+            for i in 0..t.nodes.len() {
+                let id = t.nodes[i].id;
+                if answered
+                    .get(&id)
+                    .is_none_or(|w| now.duration_since(*w) > REPORT_TTL)
+                {
                     t.reports[i] = None;
                 }
             }
+            answered.retain(|id, _| t.index_of(*id).is_some());
             t.writable_master(now).cloned()
         };
         master_tx.send_if_modified(|current| {

@@ -38,11 +38,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::discovery::{AdminEndpoint, Discovery};
+use crate::discovery::{AdminEndpoint, ClusterNode, Discovery};
 use crate::errpacket::{ER_CON_COUNT_ERROR, ER_SERVER_SHUTDOWN, error_packet};
 use crate::metrics::{Metrics, Port};
 use crate::relay::{Moved, RelayEnd, relay, write_all};
-use crate::route::{NodeAddr, ReadPolicy, Topology};
+use crate::route::{NodeAddr, ReadPolicy};
 
 /// What can stop the proxy from starting.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,8 @@ pub enum ProxyError {
     },
     #[error("a proxy task ended unexpectedly")]
     TaskEnded,
+    #[error("node {node} now has id {now} in the cluster file (was {was}): restart the proxy")]
+    NodeChanged { node: String, was: u64, now: u64 },
 }
 
 /// Everything a connection needs.
@@ -77,8 +79,60 @@ pub struct Proxy {
     pub rw_addr: SocketAddr,
     pub ro_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    reloader: Reloader,
     tasks: JoinSet<()>,
     shutdown: watch::Sender<bool>,
+}
+
+/// Every node of the cluster file, as discovery polls and routing uses it.
+fn cluster_nodes(cfg: &ClusterConfig) -> Vec<ClusterNode> {
+    cfg.nodes
+        .iter()
+        .map(|n| ClusterNode {
+            addr: NodeAddr {
+                id: n.id,
+                name: n.name.clone(),
+                mariadb: n.mariadb_addr(),
+            },
+            admin: AdminEndpoint {
+                addr: n.admin_addr(),
+                token: cfg.credentials.admin_token.expose().to_string(),
+            },
+        })
+        .collect()
+}
+
+/// Takes a new version of the cluster file's node list (nodes added with
+/// `phxctl member add`, removed, or moved) without a restart. Everything
+/// else in the file (this node's ports, `proxy.*`) needs a restart.
+#[derive(Clone)]
+pub struct Reloader {
+    node: String,
+    id: u64,
+    discovery: Discovery,
+}
+
+impl Reloader {
+    /// Uses `cfg`'s node list from now on; `Ok(false)` if it did not change.
+    /// The file must still describe this node, with the same id.
+    pub fn apply(&self, cfg: &ClusterConfig) -> Result<bool, ProxyError> {
+        let me = cfg.node(&self.node)?;
+        if me.id != self.id {
+            return Err(ProxyError::NodeChanged {
+                node: self.node.clone(),
+                was: self.id,
+                now: me.id,
+            });
+        }
+        let nodes = cluster_nodes(cfg);
+        if nodes == self.discovery.nodes() {
+            return Ok(false);
+        }
+        let names: Vec<&str> = nodes.iter().map(|n| n.addr.name.as_str()).collect();
+        tracing::info!(nodes = ?names, "cluster file changed: new node list");
+        self.discovery.set_nodes(nodes);
+        Ok(true)
+    }
 }
 
 impl Proxy {
@@ -86,24 +140,6 @@ impl Proxy {
     pub async fn start(cfg: &ClusterConfig, node: &str) -> Result<Proxy, ProxyError> {
         let me = cfg.node(node)?.clone();
         raise_fd_limit(cfg.proxy.max_connections);
-        let nodes: Vec<NodeAddr> = cfg
-            .nodes
-            .iter()
-            .map(|n| NodeAddr {
-                id: n.id,
-                name: n.name.clone(),
-                mariadb: n.mariadb_addr(),
-            })
-            .collect();
-        let admins = cfg
-            .nodes
-            .iter()
-            .map(|n| AdminEndpoint {
-                addr: n.admin_addr(),
-                token: cfg.credentials.admin_token.expose().to_string(),
-            })
-            .collect();
-        let local = cfg.nodes.iter().position(|n| n.id == me.id).unwrap_or(0);
         let listen = |port: u16, what: &'static str| {
             let addr = me.listen_addr(port);
             async move {
@@ -129,7 +165,7 @@ impl Proxy {
         );
 
         let mut tasks = JoinSet::new();
-        let discovery = Discovery::start(Topology::new(me.id, nodes), admins, local, &mut tasks);
+        let discovery = Discovery::start(me.id, cluster_nodes(cfg), &mut tasks);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             cluster: cfg.name.clone(),
@@ -160,9 +196,19 @@ impl Proxy {
             rw_addr,
             ro_addr,
             admin_addr,
+            reloader: Reloader {
+                node: me.name.clone(),
+                id: me.id,
+                discovery: shared.discovery.clone(),
+            },
             tasks,
             shutdown,
         })
+    }
+
+    /// Applies a changed cluster file's node list to the running proxy.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Returns when one of the proxy's tasks ends (none should).

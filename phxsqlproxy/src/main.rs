@@ -65,6 +65,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("starting the proxy of node {}", args.node))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let _watch = AbortOnDrop(tokio::spawn(watch_config(
+        args.config.clone(),
+        proxy.reloader(),
+        hangup,
+    )));
     let result = tokio::select! {
         r = proxy.wait() => r.map_err(anyhow::Error::from),
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted"); Ok(()) }
@@ -72,4 +79,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     proxy.shutdown().await;
     result
+}
+
+/// How often the cluster file's modification time is checked.
+const CONFIG_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Re-reads the cluster file when it changes (checked every
+/// [`CONFIG_CHECK_INTERVAL`]) or on SIGHUP, and applies its node list. A
+/// file that does not load is reported (file, key, problem) and the running
+/// node list is kept.
+async fn watch_config(
+    path: PathBuf,
+    reloader: phxsqlproxy::Reloader,
+    mut hangup: tokio::signal::unix::Signal,
+) {
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    loop {
+        let forced = tokio::select! {
+            _ = hangup.recv() => true,
+            _ = tokio::time::sleep(CONFIG_CHECK_INTERVAL) => false,
+        };
+        let now = modified(&path);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        match phxsql_config::ClusterConfig::load(&path) {
+            Ok(cfg) => match reloader.apply(&cfg) {
+                Ok(true) => {}
+                Ok(false) if forced => tracing::info!("SIGHUP: the node list is unchanged"),
+                Ok(false) => {}
+                Err(e) => tracing::error!("{e}; keeping the running node list"),
+            },
+            Err(e) => tracing::error!("{e}; keeping the running node list"),
+        }
+    }
 }

@@ -74,8 +74,27 @@ impl Topology {
         }
     }
 
-    fn index_of(&self, id: u64) -> Option<usize> {
+    pub(crate) fn index_of(&self, id: u64) -> Option<usize> {
         self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// Replaces the node list (the cluster file changed): reports are kept
+    /// for the nodes that stay with the same MariaDB address, a node that is
+    /// new or moved has none until its binlog server answers.
+    pub fn set_nodes(&mut self, nodes: Vec<NodeAddr>) {
+        let reports = nodes
+            .iter()
+            .map(|n| {
+                let i = self.index_of(n.id)?;
+                if self.nodes[i] == *n {
+                    self.reports[i].clone()
+                } else {
+                    None
+                }
+            })
+            .collect();
+        self.nodes = nodes;
+        self.reports = reports;
     }
 
     /// The node whose MariaDB takes writes now, if any.
@@ -252,5 +271,29 @@ mod tests {
             until: now + Duration::from_secs(1),
         });
         assert_eq!(t.read_target(&exclude, now).map(|n| n.id), Some(1));
+    }
+
+    #[test]
+    fn a_new_node_list_keeps_the_reports_of_the_nodes_that_stay() {
+        let mut t = topo();
+        t.reports[0] = report("replica", 0);
+        t.reports[1] = report("master", 0);
+        t.reports[2] = report("replica", 0);
+        let mut nodes = t.nodes.clone();
+        nodes.remove(0); // node 1 removed
+        nodes[1].mariadb = "10.0.0.3:3306".into(); // node 3 moved
+        nodes.push(NodeAddr {
+            id: 4,
+            name: "node4".into(),
+            mariadb: "127.0.0.1:3406".into(),
+        });
+        t.set_nodes(nodes);
+        assert_eq!(
+            t.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert_eq!(t.reports[0], report("master", 0));
+        assert_eq!(t.reports[1], None, "moved: no report until it answers");
+        assert_eq!(t.reports[2], None, "new: no report yet");
     }
 }

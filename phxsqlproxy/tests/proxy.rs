@@ -304,6 +304,85 @@ async fn rw_port_follows_the_master() {
 
 /// A node without a live proxy does not campaign; once its proxy runs, it
 /// may again.
+/// Writes `text` to `path` the way an operator's tooling should: a
+/// temporary file renamed into place (the proxy never reads half a file).
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The proxy takes the cluster file's node list while it runs (a node added
+/// with `phxctl member add` is routed to without a restart); a file that
+/// does not load is reported and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_list_follows_the_cluster_file() {
+    let mut c = ProxyCluster::start("pxreload", Setup::default()).await;
+    let m = c.wait_master(START).await;
+    let x = (m + 1) % 3;
+    // Node x's proxy, restarted on a copy of the file without the master.
+    let full = std::fs::read_to_string(&c.cfg).unwrap();
+    let master_line = format!("name: node{},", m + 1);
+    let partial: String = full
+        .lines()
+        .filter(|l| !l.contains(&master_line))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(partial.len(), full.len());
+    let own = c.tmp.path().join("proxy-own.yaml");
+    replace_file(&own, &partial);
+    drop(c.proxies[x].take());
+    c.start_proxy_with_config(x, &own);
+    wait_until("the proxy answers", Duration::from_secs(30), async || {
+        c.proxy_status(x).await.is_some()
+    })
+    .await;
+    // It cannot route writes to a node it does not know.
+    let out = mariadb_cli(c.ports[x].rw, &[], "SELECT 1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("1053") && err.contains("no master"), "{err}");
+
+    // The file gains the node: writes are routed to it, without a restart.
+    replace_file(&own, &full);
+    wait_until(
+        "the proxy routes writes to the master",
+        Duration::from_secs(30),
+        async || {
+            c.proxy_status(x)
+                .await
+                .is_some_and(|s| s["rw_target"] == format!("node{}", m + 1))
+        },
+    )
+    .await;
+    let master_id: u32 = c.dbs[m].query_one("SELECT @@server_id").await.unwrap();
+    let mut conn = c.app_conn(c.ports[x].rw).await;
+    let id: Option<u32> = conn.query_first("SELECT @@server_id").await.unwrap();
+    assert_eq!(id, Some(master_id));
+    drop(conn.disconnect().await);
+
+    // A broken file: reported, the running node list kept.
+    replace_file(&own, "version: [\n");
+    let log = c.tmp.path().join(format!("proxy{}.log", x + 1));
+    wait_until(
+        "the bad file reported",
+        Duration::from_secs(30),
+        async || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("keeping the running node list")
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("proxy-own.yaml"), "the error names the file");
+    let mut conn = c.app_conn(c.ports[x].rw).await;
+    let id: Option<u32> = conn.query_first("SELECT @@server_id").await.unwrap();
+    assert_eq!(id, Some(master_id));
+    drop(conn.disconnect().await);
+    assert!(c.proxies[x].as_mut().unwrap().is_running());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_without_proxy_does_not_become_master() {
     let mut c = ProxyCluster::start(

@@ -200,6 +200,12 @@ impl ProxyCluster {
 
     /// Starts node `i`'s proxy (0-based).
     pub fn start_proxy(&mut self, i: usize) {
+        let cfg = self.cfg.clone();
+        self.start_proxy_with_config(i, &cfg);
+    }
+
+    /// Starts node `i`'s proxy on its own copy of the cluster file.
+    pub fn start_proxy_with_config(&mut self, i: usize, cfg: &Path) {
         let n = i + 1;
         let binary = match option_env!("CARGO_BIN_EXE_phxsqlproxy") {
             Some(p) => p.into(),
@@ -210,7 +216,7 @@ impl ProxyCluster {
             &format!("proxy{n}"),
             [
                 "--config".to_string(),
-                self.cfg.display().to_string(),
+                cfg.display().to_string(),
                 "--node".into(),
                 format!("node{n}"),
             ]
