@@ -509,6 +509,15 @@ async fn switchovers(
                 to + 1
             );
         }
+        // The answer comes once the lease is handed over; the target then
+        // promotes its MariaDB.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while role(admins[to]).await.as_deref() != Some("master") {
+            if Instant::now() > deadline {
+                bail!("switchover to node{}: not promoted within 30 s", to + 1);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if wait_master(admins, &all, Duration::from_secs(30)).await? != to {
             bail!("switchover to node{} did not take", to + 1);
         }

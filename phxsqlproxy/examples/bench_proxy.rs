@@ -81,7 +81,7 @@ impl HaProxy {
         std::fs::write(
             &cfg,
             format!(
-                "global\n  maxconn 20000\n  nbthread {threads}\n\
+                "global\n  maxconn 4000\n  nbthread {threads}\n\
                  defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
                  listen mariadb\n  bind 127.0.0.1:{port}\n  server db 127.0.0.1:{backend} send-proxy-v2\n"
             ),
