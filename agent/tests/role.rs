@@ -353,3 +353,14 @@ fn a_supervised_former_master_still_writable_is_restarted() {
     assert!(matches!(m.role(), Role::Blocked(_)));
     assert!(!d.may_campaign);
 }
+
+/// The fencing margin: three looks, at most a quarter of the lease (a
+/// master renews every quarter, so it fences only after renewals failed).
+#[test]
+fn the_fencing_margin_is_three_looks_at_most_a_quarter_of_the_lease() {
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    assert_eq!(agent::fencing_margin(ms(100), ms(2000)), ms(300));
+    assert_eq!(agent::fencing_margin(ms(100), ms(800)), ms(200));
+    assert_eq!(agent::fencing_margin(ms(50), ms(10_000)), ms(150));
+}
