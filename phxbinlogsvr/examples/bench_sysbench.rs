@@ -271,9 +271,12 @@ async fn start_phx(bin: &Path, dir: &Path, extra_args: &[String]) -> Result<Syst
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each replica replicates from its own node's binlog server (the
+    // second port of its node's six).
+    let binlog_port = |node: usize| pv[node * 6 + 1];
     let [m1, m2, m3] = dbs;
-    m2.replicate_from_port(pv[6]).await?;
-    m3.replicate_from_port(pv[11]).await?;
+    m2.replicate_from_port(binlog_port(1)).await?;
+    m3.replicate_from_port(binlog_port(2)).await?;
     Ok(System {
         label: "a",
         what: "phxbinlogsvr, 3 nodes",
