@@ -294,6 +294,11 @@ impl RoleMachine {
         }
         // A renewal is a new term: it gets a fresh server_id.
         self.promoted_id = None;
+        // Renew only as a node that may hold the lease at all: not one that
+        // gave up waiting for its MariaDB to catch up, and not one left with
+        // commits that only a restart can roll back (their GTIDs are in its
+        // binlog and not chosen: promoted again, it would be diverged).
+        let mut may_campaign = self.waiting_looks <= PROMOTION_PATIENCE_LOOKS;
         if db.waiting_commits > 0 {
             self.role = Role::Blocked(format!(
                 "the lease ends without a renewal and {} commit(s) wait for an ACK: {}",
@@ -307,7 +312,10 @@ impl RoleMachine {
             if self.supervised {
                 actions.push(Action::RestartMariaDb);
             }
+            may_campaign = false;
         } else {
+            // `SET read_only` waits for commits in progress (at most a
+            // second): once it succeeded, none is left half-way.
             self.role = Role::Blocked("the lease ends without a renewal: read-only".into());
             if !db.read_only {
                 actions.push(Action::SetReadOnly(true));
@@ -315,7 +323,7 @@ impl RoleMachine {
         }
         Decision {
             actions,
-            may_campaign: true,
+            may_campaign,
         }
     }
 
@@ -399,9 +407,9 @@ impl RoleMachine {
             self.write_path_open = true;
             actions.push(Action::OpenWritePath);
         }
-        // 5. Writable.
-        if db.read_only {
-            actions.push(Action::SetReadOnly(false));
+        // 5. Writable (read-only while a switchover drains it).
+        if db.read_only != obs.draining {
+            actions.push(Action::SetReadOnly(obs.draining));
         }
         self.role = Role::Master;
         Decision {

@@ -319,11 +319,14 @@ fn an_ending_lease_with_waiting_commits_restarts_a_supervised_mariadb() {
         d.actions,
         vec![Action::CloseWritePath, Action::RestartMariaDb]
     );
-    assert!(d.may_campaign);
+    // Its binlog holds commits that were never chosen: promoted again it
+    // would be diverged, so it stops renewing.
+    assert!(!d.may_campaign);
     let mut m = machine();
     m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
     let d = m.decide(&obs(LeaseView::Ending, "0-1-3", Some(stuck)));
     assert_eq!(d.actions, vec![Action::CloseWritePath]);
+    assert!(!d.may_campaign);
     match m.role() {
         Role::Blocked(why) => assert!(why.contains("2 commit(s)"), "{why}"),
         r => panic!("{r:?}"),
@@ -363,4 +366,35 @@ fn the_fencing_margin_is_three_looks_at_most_a_quarter_of_the_lease() {
     assert_eq!(agent::fencing_margin(ms(100), ms(2000)), ms(300));
     assert_eq!(agent::fencing_margin(ms(100), ms(800)), ms(200));
     assert_eq!(agent::fencing_margin(ms(50), ms(10_000)), ms(150));
+}
+
+/// A lease holder that gave up waiting for its MariaDB to catch up stops
+/// renewing; the fencing window must not renew it again.
+#[test]
+fn an_ending_lease_does_not_renew_a_node_that_gave_up_promoting() {
+    use agent::role::PROMOTION_PATIENCE_LOOKS;
+    let mut m = machine();
+    let behind = replicating("0-1-1");
+    for _ in 0..=PROMOTION_PATIENCE_LOOKS {
+        m.decide(&obs(LeaseView::Mine, "0-1-5", Some(behind.clone())));
+    }
+    let d = m.decide(&obs(LeaseView::Mine, "0-1-5", Some(behind.clone())));
+    assert!(!d.may_campaign, "patience exhausted");
+    let d = m.decide(&obs(LeaseView::Ending, "0-1-5", Some(behind)));
+    assert!(!d.may_campaign, "the fence does not renew it either");
+}
+
+/// A switchover drains the master: a promotion that completes meanwhile
+/// (a renewal after a fence) leaves it read-only.
+#[test]
+fn a_promotion_while_draining_stays_read_only() {
+    let mut m = machine();
+    let mut o = obs(LeaseView::Mine, "0-1-7", Some(replicating("0-1-7")));
+    o.draining = true;
+    let d = m.decide(&o);
+    assert!(
+        !d.actions.contains(&Action::SetReadOnly(false)),
+        "{:?}",
+        d.actions
+    );
 }

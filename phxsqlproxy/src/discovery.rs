@@ -115,6 +115,9 @@ impl Discovery {
 /// One answer (or failure) of one node.
 struct Answer {
     id: u64,
+    /// The node as its poller knows it: an answer about a node that has
+    /// since moved (a queued one from a stopped poller) is dropped.
+    addr: NodeAddr,
     sent: Instant,
     route: Option<RouteJson>,
 }
@@ -131,22 +134,19 @@ impl Drop for AbortOnDrop {
 /// Keeps one [`poll_node`] task per node of the current list (a node whose
 /// admin address changed gets a new one).
 async fn pollers(me: u64, mut nodes: watch::Receiver<Vec<ClusterNode>>, tx: mpsc::Sender<Answer>) {
-    let mut running: HashMap<u64, (AdminEndpoint, AbortOnDrop)> = HashMap::new();
+    let mut running: HashMap<u64, (ClusterNode, AbortOnDrop)> = HashMap::new();
     loop {
         let want = nodes.borrow_and_update().clone();
-        running.retain(|id, (endpoint, _)| {
-            want.iter()
-                .any(|n| n.addr.id == *id && n.admin == *endpoint)
-        });
+        running.retain(|_, (node, _)| want.contains(node));
         for n in want {
             if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(n.addr.id) {
                 let task = tokio::spawn(poll_node(
-                    n.addr.id,
+                    n.addr.clone(),
                     n.addr.id == me,
                     n.admin.clone(),
                     tx.clone(),
                 ));
-                slot.insert((n.admin, AbortOnDrop(task.abort_handle())));
+                slot.insert((n, AbortOnDrop(task.abort_handle())));
             }
         }
         if nodes.changed().await.is_err() {
@@ -175,7 +175,7 @@ struct AgentJson {
     lag_ms: Option<u64>,
 }
 
-async fn poll_node(id: u64, local: bool, endpoint: AdminEndpoint, tx: mpsc::Sender<Answer>) {
+async fn poll_node(addr: NodeAddr, local: bool, endpoint: AdminEndpoint, tx: mpsc::Sender<Answer>) {
     let mut client = client(endpoint);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,7 +212,13 @@ async fn poll_node(id: u64, local: bool, endpoint: AdminEndpoint, tx: mpsc::Send
             tracing::info!(admin = %client.addr(), "binlog server answers again");
         }
         failing = route.is_none();
-        if tx.send(Answer { id, sent, route }).await.is_err() {
+        let answer = Answer {
+            id: addr.id,
+            addr: addr.clone(),
+            sent,
+            route,
+        };
+        if tx.send(answer).await.is_err() {
             return;
         }
     }
@@ -260,7 +266,9 @@ async fn publish(
         let master = {
             let mut t = topology.lock().unwrap_or_else(PoisonError::into_inner);
             // An answer from a node just removed from the list is dropped.
-            let answer = answer.and_then(|a| t.index_of(a.id).map(|i| (a, i)));
+            let answer = answer
+                .and_then(|a| t.index_of(a.id).map(|i| (a, i)))
+                .filter(|(a, i)| t.nodes[*i] == a.addr);
             if let Some((a, index)) = answer {
                 let is_local = a.id == t.me;
                 if let Some(route) = a.route {

@@ -59,6 +59,10 @@ pub enum ProxyError {
     TaskEnded,
     #[error("node {node} now has id {now} in the cluster file (was {was}): restart the proxy")]
     NodeChanged { node: String, was: u64, now: u64 },
+    #[error(
+        "node {node}'s own admin address or the admin token changed in the cluster file: restart the proxy"
+    )]
+    OwnNodeChanged { node: String },
 }
 
 /// Everything a connection needs.
@@ -125,8 +129,17 @@ impl Reloader {
             });
         }
         let nodes = cluster_nodes(cfg);
-        if nodes == self.discovery.nodes() {
+        let current = self.discovery.nodes();
+        if nodes == current {
             return Ok(false);
+        }
+        // The heartbeat goes to this node's binlog server as it was at the
+        // start: moving that needs a restart.
+        let own = |list: &[ClusterNode]| list.iter().find(|n| n.addr.id == self.id).cloned();
+        if own(&nodes).map(|n| n.admin) != own(&current).map(|n| n.admin) {
+            return Err(ProxyError::OwnNodeChanged {
+                node: self.node.clone(),
+            });
         }
         let names: Vec<&str> = nodes.iter().map(|n| n.addr.name.as_str()).collect();
         tracing::info!(nodes = ?names, "cluster file changed: new node list");
@@ -337,7 +350,7 @@ async fn serve(
             // Closed when the master moves away from this backend (or
             // there is none): its MariaDB may no longer take writes.
             Port::ReadWrite => tokio::select! {
-                _ = master.wait_for(|m| m.as_ref().map(|m| m.id) != Some(target.id)) => {}
+                _ = master.wait_for(|m| m.as_ref() != Some(&target)) => {}
                 _ = shutdown.wait_for(|s| *s) => {}
             },
             Port::ReadOnly => {

@@ -56,6 +56,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Before anything else: a SIGHUP during start-up must not kill us.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let loaded = FileStamp::of(&args.config);
     let cfg = phxsql_config::ClusterConfig::load(&args.config)?;
     for w in &cfg.warnings {
         tracing::warn!("{w}");
@@ -65,10 +69,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("starting the proxy of node {}", args.node))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
     let _watch = AbortOnDrop(tokio::spawn(watch_config(
         args.config.clone(),
+        loaded,
         proxy.reloader(),
         hangup,
     )));
@@ -92,35 +95,67 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What tells a changed file: modification time, length, inode and
+/// change time (tools that keep the source's mtime still change the inode
+/// or ctime; a rewrite within one mtime tick mostly changes the length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp(Option<(std::time::SystemTime, u64, u64, i64, i64)>);
+
+impl FileStamp {
+    fn of(path: &PathBuf) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp(std::fs::metadata(path).ok().and_then(|m| {
+            Some((
+                m.modified().ok()?,
+                m.len(),
+                m.ino(),
+                m.ctime(),
+                m.ctime_nsec(),
+            ))
+        }))
+    }
+}
+
 /// Re-reads the cluster file when it changes (checked every
 /// [`CONFIG_CHECK_INTERVAL`]) or on SIGHUP, and applies its node list. A
-/// file that does not load is reported (file, key, problem) and the running
-/// node list is kept.
+/// file that does not load is reported (file, key, problem), the running
+/// node list is kept, and it is read again until it loads (a half-written
+/// file is followed by the whole one).
 async fn watch_config(
     path: PathBuf,
+    mut seen: FileStamp,
     reloader: phxsqlproxy::Reloader,
     mut hangup: tokio::signal::unix::Signal,
 ) {
-    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
+    let mut failing = false;
     loop {
         let forced = tokio::select! {
             _ = hangup.recv() => true,
             _ = tokio::time::sleep(CONFIG_CHECK_INTERVAL) => false,
         };
-        let now = modified(&path);
-        if !forced && now == seen {
+        let now = FileStamp::of(&path);
+        if !forced && !failing && now == seen {
             continue;
         }
-        seen = now;
         match phxsql_config::ClusterConfig::load(&path) {
-            Ok(cfg) => match reloader.apply(&cfg) {
-                Ok(true) => {}
-                Ok(false) if forced => tracing::info!("SIGHUP: the node list is unchanged"),
-                Ok(false) => {}
-                Err(e) => tracing::error!("{e}; keeping the running node list"),
-            },
-            Err(e) => tracing::error!("{e}; keeping the running node list"),
+            Ok(cfg) => {
+                seen = now;
+                failing = false;
+                match reloader.apply(&cfg) {
+                    Ok(true) => {}
+                    Ok(false) if forced => tracing::info!("SIGHUP: the node list is unchanged"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!("{e}; keeping the running node list"),
+                }
+            }
+            Err(e) => {
+                // Said once per version of the file, retried every check.
+                if !failing || now != seen || forced {
+                    tracing::error!("{e}; keeping the running node list");
+                }
+                seen = now;
+                failing = true;
+            }
         }
     }
 }

@@ -99,7 +99,8 @@ pub struct WritePathConfig {
     /// acknowledged in order.
     pub max_inflight: usize,
     /// Most transaction bytes in flight at once: no new value is submitted
-    /// while those in flight hold this many (one always may be).
+    /// while those in flight hold this many (one always may be; so the
+    /// bound is this plus one batch).
     pub max_inflight_bytes: usize,
     /// Largest transaction proposed whole; a larger one is split into parts
     /// of at most this many bytes (at least [`MIN_VALUE_BYTES`]).
@@ -477,8 +478,10 @@ impl WritePath {
             let may_take = if next_is_large {
                 inflight.is_empty()
             } else {
-                inflight.len() < max_inflight
-                    && inflight.iter().map(|f| f.bytes).sum::<usize>() < self.cfg.max_inflight_bytes
+                inflight.is_empty()
+                    || (inflight.len() < max_inflight
+                        && inflight.iter().map(|f| f.bytes).sum::<usize>()
+                            < self.cfg.max_inflight_bytes)
             };
             let first = match carried.take() {
                 Some(t) if may_take => t,
