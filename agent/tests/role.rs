@@ -41,6 +41,19 @@ fn replicating(at: &str) -> MariaDbState {
     }
 }
 
+/// A promoted master's MariaDB at `at`, writable, with `waiting_commits`
+/// commits waiting for an ACK.
+fn writable_master(at: &str, waiting_commits: u64) -> MariaDbState {
+    MariaDbState {
+        binlog_pos: pos(at),
+        read_only: false,
+        replica: None,
+        semi_sync_master: true,
+        waiting_commits,
+        server_id: IDS.master(VERSION),
+    }
+}
+
 fn obs(lease: LeaseView, chosen: &str, db: Option<MariaDbState>) -> Observation {
     Observation {
         lease,
@@ -110,14 +123,7 @@ fn promotion_waits_for_the_chosen_log_then_opens_the_write_path_before_writes() 
     );
     assert_eq!(m.role(), &Role::Master);
     // Steady: nothing more to do while it stays writable and lossless.
-    let master = MariaDbState {
-        binlog_pos: pos("0-1-9"),
-        read_only: false,
-        replica: None,
-        semi_sync_master: true,
-        waiting_commits: 3,
-        server_id: IDS.master(VERSION),
-    };
+    let master = writable_master("0-1-9", 3);
     let d = m.decide(&obs(LeaseView::Mine, "0-1-8", Some(master)));
     assert!(d.actions.is_empty(), "{:?}", d.actions);
     assert!(d.may_campaign);
@@ -128,14 +134,7 @@ fn losing_the_lease_closes_the_write_path_first_and_blocks_on_waiting_commits() 
     let mut m = machine();
     m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
     assert!(m.write_path_open());
-    let stuck = MariaDbState {
-        binlog_pos: pos("0-1-3"),
-        read_only: false,
-        replica: None,
-        semi_sync_master: true,
-        waiting_commits: 1,
-        server_id: IDS.master(VERSION),
-    };
+    let stuck = writable_master("0-1-3", 1);
     let d = m.decide(&obs(LeaseView::Other(3), "0-1-2", Some(stuck)));
     // Not read_only: setting it would wait for commits that never finish.
     assert_eq!(d.actions, vec![Action::CloseWritePath]);
@@ -147,14 +146,7 @@ fn losing_the_lease_closes_the_write_path_first_and_blocks_on_waiting_commits() 
 fn a_clean_former_master_turns_replica() {
     let mut m = machine();
     m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
-    let clean = MariaDbState {
-        binlog_pos: pos("0-1-3"),
-        read_only: false,
-        replica: None,
-        semi_sync_master: true,
-        waiting_commits: 0,
-        server_id: IDS.master(VERSION),
-    };
+    let clean = writable_master("0-1-3", 0);
     let d = m.decide(&obs(LeaseView::Vacant, "0-1-3", Some(clean)));
     assert_eq!(
         d.actions,
@@ -265,14 +257,7 @@ fn an_ending_lease_fences_the_master_and_a_renewal_promotes_it_again() {
     let mut m = machine();
     m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
     assert!(m.write_path_open());
-    let master = MariaDbState {
-        binlog_pos: pos("0-1-3"),
-        read_only: false,
-        replica: None,
-        semi_sync_master: true,
-        waiting_commits: 0,
-        server_id: IDS.master(VERSION),
-    };
+    let master = writable_master("0-1-3", 0);
     let d = m.decide(&obs(LeaseView::Ending, "0-1-3", Some(master.clone())));
     assert_eq!(
         d.actions,
@@ -304,14 +289,7 @@ fn an_ending_lease_fences_the_master_and_a_renewal_promotes_it_again() {
 /// back), an unsupervised one is reported.
 #[test]
 fn an_ending_lease_with_waiting_commits_restarts_a_supervised_mariadb() {
-    let stuck = MariaDbState {
-        binlog_pos: pos("0-1-4"),
-        read_only: false,
-        replica: None,
-        semi_sync_master: true,
-        waiting_commits: 2,
-        server_id: IDS.master(VERSION),
-    };
+    let stuck = writable_master("0-1-4", 2);
     let mut m = machine().supervised();
     m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
     let d = m.decide(&obs(LeaseView::Ending, "0-1-3", Some(stuck.clone())));
@@ -340,14 +318,7 @@ fn an_ending_lease_with_waiting_commits_restarts_a_supervised_mariadb() {
 fn a_supervised_former_master_still_writable_is_restarted() {
     let mut m = machine().supervised();
     m.decide(&obs(LeaseView::Mine, "", Some(replicating(""))));
-    let writable = MariaDbState {
-        binlog_pos: pos("0-1-3"),
-        read_only: false,
-        replica: None,
-        semi_sync_master: true,
-        waiting_commits: 0,
-        server_id: IDS.master(VERSION),
-    };
+    let writable = writable_master("0-1-3", 0);
     let d = m.decide(&obs(LeaseView::Other(2), "0-1-3", Some(writable)));
     assert_eq!(
         d.actions,

@@ -114,7 +114,6 @@ impl Discovery {
 
 /// One answer (or failure) of one node.
 struct Answer {
-    id: u64,
     /// The node as its poller knows it: an answer about a node that has
     /// since moved (a queued one from a stopped poller) is dropped.
     addr: NodeAddr,
@@ -213,7 +212,6 @@ async fn poll_node(addr: NodeAddr, local: bool, endpoint: AdminEndpoint, tx: mps
         }
         failing = route.is_none();
         let answer = Answer {
-            id: addr.id,
             addr: addr.clone(),
             sent,
             route,
@@ -267,12 +265,12 @@ async fn publish(
             let mut t = topology.lock().unwrap_or_else(PoisonError::into_inner);
             // An answer from a node just removed from the list is dropped.
             let answer = answer
-                .and_then(|a| t.index_of(a.id).map(|i| (a, i)))
+                .and_then(|a| t.index_of(a.addr.id).map(|i| (a, i)))
                 .filter(|(a, i)| t.nodes[*i] == a.addr);
             if let Some((a, index)) = answer {
-                let is_local = a.id == t.me;
+                let is_local = a.addr.id == t.me;
                 if let Some(route) = a.route {
-                    answered.insert(a.id, now);
+                    answered.insert(a.addr.id, now);
                     t.reports[index] = Some(match route.agent {
                         Some(ag) => NodeReport {
                             role: Some(ag.role),
