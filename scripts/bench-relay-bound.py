@@ -31,6 +31,7 @@ relay this way.
 import argparse
 import ctypes
 import os
+import platform
 import re
 import select
 import shutil
@@ -43,8 +44,8 @@ import tempfile
 import threading
 import time
 
-# --- bpf(2), by hand: constants from <linux/bpf.h> (x86_64) ---------------
-SYS_BPF = 321
+# --- bpf(2), by hand: constants from <linux/bpf.h> --------------------------
+SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 0, 2, 3
 BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8
 BPF_MAP_TYPE_SOCKHASH = 18
@@ -244,6 +245,8 @@ def main():
     args = ap.parse_args()
     if args.relay:
         return run_relay(*args.relay)
+    if SYS_BPF is None:
+        sys.exit(f"bpf(2) syscall number unknown for {platform.machine()} (x86_64 and aarch64 only)")
     for tool in ("mariadbd", "mariadb-install-db", "sysbench"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"{tool} is missing: apt-get install -y mariadb-server sysbench")
