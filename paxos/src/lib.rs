@@ -21,8 +21,8 @@ pub use crate::core::{
 };
 pub use message::{LogRecord, Message};
 pub use runtime::{
-    CheckpointChunk, Node, NodeConfig, NodeCounters, NodeHandle, Pending, ProposeFailed,
-    RuntimeError, StateMachine,
+    ApplyError, CheckpointChunk, Node, NodeConfig, NodeCounters, NodeHandle, Pending,
+    ProposeFailed, RuntimeError, StateMachine,
 };
 pub use types::{Ballot, InstanceId, NodeId, ProposalId, Time};
 pub use value::{

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use anyhow::{Context, Result, bail, ensure};
-use paxos::runtime::{CheckpointChunk, Node, NodeConfig, NodeHandle, StateMachine};
+use paxos::runtime::{ApplyError, CheckpointChunk, Node, NodeConfig, NodeHandle, StateMachine};
 use paxos::storage::{LogOptions, SegmentLog};
 use paxos::{
     InstanceId, Membership, MembershipChange, MembershipOp, NodeId, ProposeFailed, RuntimeError,
@@ -37,6 +37,8 @@ struct MemSm {
     state: Arc<Mutex<MemState>>,
     /// Break the output contract (one output per item) from this instance on.
     bad_outputs_from: Option<InstanceId>,
+    /// Fail to apply from this instance on.
+    failing_from: Option<InstanceId>,
 }
 
 impl MemSm {
@@ -58,7 +60,11 @@ impl StateMachine for MemSm {
     /// The item's position among all items applied here.
     type Output = usize;
 
-    fn apply(&mut self, instance: InstanceId, items: Vec<Vec<u8>>) -> Vec<usize> {
+    fn apply(
+        &mut self,
+        instance: InstanceId,
+        items: Vec<Vec<u8>>,
+    ) -> Result<Vec<usize>, ApplyError> {
         let mut s = self.state();
         if instance != s.next {
             let msg = format!("applied {instance}, expected {}", s.next);
@@ -68,10 +74,13 @@ impl StateMachine for MemSm {
         let before: usize = s.applied.iter().map(|(_, i)| i.len()).sum();
         let n = items.len();
         s.applied.push((instance, items));
-        if self.bad_outputs_from.is_some_and(|from| instance >= from) && n > 0 {
-            return Vec::new();
+        if self.failing_from.is_some_and(|from| instance >= from) && n > 0 {
+            return Err("disk full (simulated)".into());
         }
-        (before..before + n).collect()
+        if self.bad_outputs_from.is_some_and(|from| instance >= from) && n > 0 {
+            return Ok(Vec::new());
+        }
+        Ok((before..before + n).collect())
     }
 
     /// Everything applied counts as durable here.
@@ -300,6 +309,39 @@ async fn shutdown_stops_the_node_and_fails_later_calls() -> Result<()> {
         sm,
     }])?;
     h.shutdown().await;
+    Ok(())
+}
+
+/// A state machine that cannot apply (its disk is full, say) stops the node
+/// with its own error, which the application can report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_apply_stops_the_node_with_its_error() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let addr = free_addrs(1)?[0];
+    let mut cfg = config(1, addr, tmp.path());
+    cfg.initial = Some(founding(&[addr]));
+    let sm = MemSm {
+        failing_from: Some(0),
+        ..MemSm::default()
+    };
+    let h = Node::start(cfg, sm).await?;
+    wait_until("mastership", || h.is_master()).await?;
+    let result = h.propose(b"x".to_vec()).await;
+    ensure!(
+        matches!(result, Err(ProposeFailed::NodeStopped)),
+        "got {result:?}"
+    );
+    let err = h
+        .stopped()
+        .await
+        .err()
+        .context("stopped() without an error")?;
+    ensure!(matches!(*err, RuntimeError::Apply { .. }), "got {err}");
+    ensure!(
+        err.to_string().contains("disk full (simulated)"),
+        "the error names the cause: {err}"
+    );
+    ensure!(!h.is_master());
     Ok(())
 }
 

@@ -16,7 +16,11 @@
 //! - bad input on a binlog port (garbage, truncated packets, a silent
 //!   client, a flood of connections, a wrong password) and on a Paxos
 //!   port: those connections are closed or refused, the process and the
-//!   replica it serves carry on.
+//!   replica it serves carry on;
+//! - a full disk (a small tmpfs mounted over the data directory; needs
+//!   root), on a replica node and on the master node: that binlog server
+//!   stops with an error naming the disk, acknowledges nothing it did not
+//!   write, and with space freed recovers and catches up.
 //!
 //! Writers' transactions insert into a table with a primary key *and* one
 //! without any key (`test.nokey`): a transaction applied twice on a replica
@@ -25,13 +29,14 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    TestCluster, assert_replica_healthy, assert_same_checksums, exec_within, metric, status_json,
-    wait_master, wait_until,
+    Svr, TestCluster, assert_replica_healthy, assert_same_checksums, exec_within, metric,
+    status_json, wait_master, wait_until,
 };
 use testkit::mysql_async::prelude::Queryable;
 use testkit::mysql_async::{self, Conn};
@@ -904,5 +909,314 @@ async fn bad_input_is_closed_and_replication_goes_on() {
         m1.status_u64("Rpl_semi_sync_master_no_tx").await.unwrap(),
         0
     );
+    eprintln!("total {:?}", t_start.elapsed());
+}
+
+// ----- a full disk -----
+
+/// A tmpfs of limited size mounted over a directory (its files copied in
+/// first): a disk that fills up. Unmounted (lazily) on drop.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    /// Over `dir`, with `spare` bytes free beyond what `dir` holds now.
+    fn over(dir: &Path, spare: u64) -> SmallDisk {
+        let used = dir_bytes(dir);
+        let before = dir.with_extension("before-tmpfs");
+        std::fs::rename(dir, &before).unwrap();
+        std::fs::create_dir(dir).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={}", used + spare),
+                "tmpfs",
+                &dir.display().to_string(),
+            ],
+            "mount -t tmpfs (needs root)",
+        );
+        let disk = SmallDisk { dir: dir.into() };
+        run(
+            "cp",
+            &[
+                "-a",
+                &format!("{}/.", before.display()),
+                &dir.display().to_string(),
+            ],
+            "copying the data directory onto the tmpfs",
+        );
+        disk
+    }
+
+    /// Makes it `bytes` large (the operator freeing space).
+    fn grow(&self, bytes: u64) {
+        run(
+            "mount",
+            &[
+                "-o",
+                &format!("remount,size={bytes}"),
+                &self.dir.display().to_string(),
+            ],
+            "mount -o remount",
+        );
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str], what: &str) {
+    let ok = std::process::Command::new(cmd)
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{what}: {cmd} {args:?} failed");
+}
+
+/// Bytes the files under `dir` occupy, in whole pages.
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let meta = e.metadata().unwrap();
+        if meta.is_dir() {
+            total += 4096 + dir_bytes(&e.path());
+        } else {
+            total += meta.len().div_ceil(4096) * 4096;
+        }
+    }
+    total
+}
+
+const BLOB_BYTES: usize = 256 * 1024;
+
+async fn create_blob_table(m1: &MariaDb) {
+    exec_within(
+        m1,
+        "CREATE TABLE test.blob (id INT PRIMARY KEY, b LONGBLOB NOT NULL)",
+        COMMIT,
+    )
+    .await;
+}
+
+/// Inserts 256 KiB rows into `test.blob` one after the other from id
+/// `from`, each commit allowed 60 s, until `stop`; returns how many
+/// committed.
+fn spawn_filler(db: &Arc<MariaDb>, from: u64, stop: &Arc<AtomicBool>) -> JoinHandle<u64> {
+    let (db, stop) = (Arc::clone(db), Arc::clone(stop));
+    tokio::spawn(async move {
+        let mut conn = db.conn().await.unwrap();
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let sql = format!(
+                "INSERT INTO test.blob VALUES ({}, REPEAT('x', {BLOB_BYTES}))",
+                from + n
+            );
+            tokio::time::timeout(Duration::from_secs(60), conn.query_drop(&sql))
+                .await
+                .unwrap_or_else(|_| panic!("blob {} did not commit within 60 s", from + n))
+                .unwrap_or_else(|e| panic!("blob {}: {e}", from + n));
+            n += 1;
+        }
+        conn.disconnect().await.unwrap();
+        n
+    })
+}
+
+/// The node's binlog server stopped on the full disk, and its last word
+/// (the error it exits with) says so.
+fn assert_stopped_on_full_disk(svr: &Svr) {
+    let log = svr.log_text();
+    let exit = log
+        .lines()
+        .rfind(|l| l.starts_with("phxbinlogsvr: "))
+        .unwrap_or_else(|| panic!("{}: no exit error in its log", svr.name));
+    eprintln!("{}: {exit}", svr.name);
+    assert!(
+        exit.contains("No space left on device"),
+        "{}: the exit error does not name the full disk: {exit}",
+        svr.name
+    );
+}
+
+/// Node 2's data directory fills up while the master commits: node 2's
+/// binlog server stops with an error naming the full disk (it must not go
+/// on with a log it could not write, nor corrupt it); nodes 1 and 3 go on
+/// committing; with space freed it restarts, recovers its log and store,
+/// catches up, and every commit is on every node exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_node_whose_disk_fills_up_stops_and_recovers() {
+    let t_start = Instant::now();
+    let mut c = TestCluster::start("rdisk", &[]).await;
+    let m1 = Arc::clone(&c.dbs[0]);
+    create_seq_tables(&m1).await;
+    create_blob_table(&m1).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writer = spawn_writer(&m1, 1, &stop, &done);
+    wait_commits(&done, 20, "20 commits").await;
+
+    c.svrs[1].kill();
+    let disk = SmallDisk::over(&c.data_dir(2), 4 << 20);
+    c.svrs[1].start();
+    let n2 = c.ports[1].admin;
+    wait_until(
+        "node2's binlog server to serve its replica from the small disk",
+        Duration::from_secs(30),
+        async || {
+            status_json(n2).await.is_some()
+                && metric(n2, "phxbinlogsvr_master_dumps_active").await == 1
+        },
+    )
+    .await;
+
+    let stop_filler = Arc::new(AtomicBool::new(false));
+    let filler = spawn_filler(&m1, 0, &stop_filler);
+    wait_until(
+        "node2's binlog server to stop on its full disk",
+        Duration::from_secs(60),
+        async || !c.svrs[1].is_running(),
+    )
+    .await;
+    assert_stopped_on_full_disk(&c.svrs[1]);
+    // Nodes 1 and 3 are a majority: commits go on.
+    let at_stop = done.load(Ordering::SeqCst);
+    wait_commits(&done, at_stop + 30, "30 commits without node2").await;
+    stop_filler.store(true, Ordering::SeqCst);
+    let blobs = filler.await.unwrap();
+    eprintln!("node2 stopped; {blobs} blobs of 256 KiB committed");
+
+    disk.grow(512 << 20);
+    c.svrs[1].start();
+    wait_until(
+        "node2's binlog server to start again and serve its replica",
+        Duration::from_secs(30),
+        async || {
+            status_json(n2).await.is_some()
+                && metric(n2, "phxbinlogsvr_master_dumps_active").await == 1
+        },
+    )
+    .await;
+    let at_restart = done.load(Ordering::SeqCst);
+    wait_commits(&done, at_restart + 20, "20 commits after the restart").await;
+    stop.store(true, Ordering::SeqCst);
+    let w = writer.await.unwrap();
+    assert_eq!(w.commits, done.load(Ordering::SeqCst));
+
+    assert_each_commit_once(&c, w.commits).await;
+    for db in &c.dbs {
+        assert_eq!(
+            count(db, "SELECT COUNT(*) FROM test.blob").await,
+            blobs as i64,
+            "{}: rows of test.blob",
+            db.name()
+        );
+    }
+    assert_same_checksums(&c.dbs, &["test.blob"]).await;
+    assert!(c.svrs[1].is_running(), "node2's binlog server exited again");
+    for p in &c.ports {
+        assert_eq!(
+            metric(p.admin, "phxbinlogsvr_store_rejected_total").await,
+            0
+        );
+    }
+    eprintln!("total {:?}", t_start.elapsed());
+}
+
+/// The master node's data directory fills up: its binlog server stops,
+/// and no commit returns (nothing can acknowledge it); with space freed it
+/// restarts, takes the lease again, the waiting commits return, and every
+/// commit is on every node exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_master_node_whose_disk_fills_up_stops_and_acknowledges_nothing() {
+    let t_start = Instant::now();
+    let mut c = TestCluster::start("mdisk", &[]).await;
+    let m1 = Arc::clone(&c.dbs[0]);
+    create_seq_tables(&m1).await;
+    create_blob_table(&m1).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writer = spawn_writer(&m1, 1, &stop, &done);
+    wait_commits(&done, 20, "20 commits").await;
+
+    c.svrs[0].kill();
+    let disk = SmallDisk::over(&c.data_dir(1), 4 << 20);
+    c.svrs[0].start();
+    wait_master(c.ports[0].admin, "node1 to hold the lease again").await;
+    let at_start = done.load(Ordering::SeqCst);
+    wait_commits(&done, at_start + 10, "10 commits from the small disk").await;
+
+    let stop_filler = Arc::new(AtomicBool::new(false));
+    let filler = spawn_filler(&m1, 0, &stop_filler);
+    wait_until(
+        "node1's binlog server to stop on its full disk",
+        Duration::from_secs(60),
+        async || !c.svrs[0].is_running(),
+    )
+    .await;
+    assert_stopped_on_full_disk(&c.svrs[0]);
+    // Nothing acknowledges now. A commit whose ACK left just before the
+    // stop may still be returning: allow 1 s, then watch 3 s of silence.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let quiet_from = done.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        quiet_from,
+        done.load(Ordering::SeqCst),
+        "commits returned while node1's binlog server was stopped"
+    );
+    assert!(!writer.is_finished() && !filler.is_finished());
+
+    disk.grow(512 << 20);
+    stop_filler.store(true, Ordering::SeqCst);
+    c.svrs[0].start();
+    wait_master(
+        c.ports[0].admin,
+        "node1 to hold the lease after space was freed",
+    )
+    .await;
+    wait_commits(&done, quiet_from + 20, "20 commits after the restart").await;
+    stop.store(true, Ordering::SeqCst);
+    let w = writer.await.unwrap();
+    let blobs = filler.await.unwrap();
+    eprintln!("{} commits, {blobs} blobs of 256 KiB", w.commits);
+    assert!(
+        w.slowest >= Duration::from_secs(3),
+        "no commit waited through the stop ({:?})",
+        w.slowest
+    );
+    assert_eq!(w.commits, done.load(Ordering::SeqCst));
+
+    assert_each_commit_once(&c, w.commits).await;
+    for db in &c.dbs {
+        assert_eq!(
+            count(db, "SELECT COUNT(*) FROM test.blob").await,
+            blobs as i64,
+            "{}: rows of test.blob",
+            db.name()
+        );
+    }
+    assert_same_checksums(&c.dbs, &["test.blob"]).await;
+    assert_eq!(
+        m1.status_u64("Rpl_semi_sync_master_no_tx").await.unwrap(),
+        0,
+        "a commit fell back to asynchronous replication"
+    );
+    for p in &c.ports {
+        assert_eq!(
+            metric(p.admin, "phxbinlogsvr_store_rejected_total").await,
+            0
+        );
+    }
     eprintln!("total {:?}", t_start.elapsed());
 }

@@ -55,7 +55,7 @@
 //! ```
 
 use clap::Parser;
-use paxos::runtime::{CheckpointChunk, Node, NodeConfig, NodeHandle, StateMachine};
+use paxos::runtime::{ApplyError, CheckpointChunk, Node, NodeConfig, NodeHandle, StateMachine};
 use paxos::{InstanceId, Membership, NodeId, SystemState};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -260,7 +260,7 @@ struct CountingSm {
 impl StateMachine for CountingSm {
     type Output = ();
 
-    fn apply(&mut self, instance: InstanceId, items: Vec<Vec<u8>>) -> Vec<()> {
+    fn apply(&mut self, instance: InstanceId, items: Vec<Vec<u8>>) -> Result<Vec<()>, ApplyError> {
         self.next = instance + 1;
         let bytes: usize = items.iter().map(Vec::len).sum();
         self.applied.instances.fetch_add(1, Ordering::Relaxed);
@@ -270,7 +270,7 @@ impl StateMachine for CountingSm {
         self.applied
             .bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        vec![(); items.len()]
+        Ok(vec![(); items.len()])
     }
 
     fn checkpoint(&self) -> InstanceId {

@@ -13,7 +13,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use paxos::runtime::{CheckpointChunk, Node, NodeConfig, NodeHandle, StateMachine};
+use paxos::runtime::{ApplyError, CheckpointChunk, Node, NodeConfig, NodeHandle, StateMachine};
 use paxos::{InstanceId, Membership, NodeId, SystemState};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -68,14 +68,14 @@ impl DemoSm {
 impl StateMachine for DemoSm {
     type Output = ();
 
-    fn apply(&mut self, instance: InstanceId, items: Vec<Vec<u8>>) -> Vec<()> {
+    fn apply(&mut self, instance: InstanceId, items: Vec<Vec<u8>>) -> Result<Vec<()>, ApplyError> {
         let mut r = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let mut h = DefaultHasher::new();
         (r.hash, instance, &items).hash(&mut h);
         r.hash = h.finish();
         r.items += items.len() as u64;
         r.next = instance + 1;
-        vec![(); items.len()]
+        Ok(vec![(); items.len()])
     }
 
     fn checkpoint(&self) -> InstanceId {

@@ -19,7 +19,7 @@
 //! ```
 
 use clap::Parser;
-use paxos::runtime::{CheckpointChunk, Node, NodeConfig, NodeHandle, StateMachine};
+use paxos::runtime::{ApplyError, CheckpointChunk, Node, NodeConfig, NodeHandle, StateMachine};
 use paxos::{InstanceId, Membership, NodeId, SystemState};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
@@ -426,14 +426,11 @@ impl DemoSm {
 impl StateMachine for DemoSm {
     type Output = ();
 
-    fn apply(&mut self, instance: InstanceId, items: Vec<Vec<u8>>) -> Vec<()> {
-        if let Err(e) = self.try_apply(instance, &items) {
-            // The demo has no way to hand the error back: fail-stop, like the
-            // library does on a log error. A restart replays from the checkpoint.
-            error!(instance, error = %e, "state machine failed");
-            std::process::exit(2);
-        }
-        vec![(); items.len()]
+    fn apply(&mut self, instance: InstanceId, items: Vec<Vec<u8>>) -> Result<Vec<()>, ApplyError> {
+        // An error stops the node (fail-stop, as on a log error); a restart
+        // replays from the checkpoint.
+        self.try_apply(instance, &items)?;
+        Ok(vec![(); items.len()])
     }
 
     fn checkpoint(&self) -> InstanceId {

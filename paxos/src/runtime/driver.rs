@@ -398,7 +398,10 @@ impl<SM: StateMachine> Driver<SM> {
         let ChosenEntry { instance, app, .. } = entry;
         let (ids, items): (Vec<Option<ProposalId>>, Vec<Vec<u8>>) = app.into_iter().unzip();
         let count = items.len();
-        let outputs = self.sm.apply(instance, items);
+        let outputs = self
+            .sm
+            .apply(instance, items)
+            .map_err(|source| RuntimeError::Apply { instance, source })?;
         if outputs.len() != count {
             return Err(RuntimeError::StateMachine(format!(
                 "apply returned {} outputs for the {count} items of instance {instance}",

@@ -2,7 +2,11 @@
 
 use crate::core::{CoreError, ProposeError};
 use crate::storage::StorageError;
+use crate::types::InstanceId;
 use std::net::SocketAddr;
+
+/// Why a [`StateMachine`](super::StateMachine) could not apply an instance.
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a node could not start, or why it stopped.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,13 @@ pub enum RuntimeError {
     /// checkpoint.
     #[error("state machine failed: {0}")]
     StateMachine(String),
+    /// The state machine could not apply a chosen instance.
+    #[error("state machine failed to apply instance {instance}: {source}")]
+    Apply {
+        instance: InstanceId,
+        #[source]
+        source: ApplyError,
+    },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot start the driver: {0}")]

@@ -53,7 +53,7 @@ mod node;
 
 pub use clock::now;
 pub use config::NodeConfig;
-pub use error::{ProposeFailed, RuntimeError};
+pub use error::{ApplyError, ProposeFailed, RuntimeError};
 pub use handle::{NodeCounters, NodeHandle, Pending, RuntimeCounters};
 pub use node::Node;
 
@@ -82,8 +82,14 @@ pub trait StateMachine: Send + 'static {
     /// a no-op or a lease/membership-only instance; still called so the app can
     /// track instance progress). Called exactly once per instance per process
     /// lifetime, in instance order, starting at `checkpoint()`. Returns one output
-    /// per item (anything else stops the node).
-    fn apply(&mut self, instance: InstanceId, items: Vec<Vec<u8>>) -> Vec<Self::Output>;
+    /// per item (anything else stops the node), or why it could not apply the
+    /// instance (a write failed, say): the node then stops with that error, as
+    /// it does on a log error, and a restart replays from `checkpoint()`.
+    fn apply(
+        &mut self,
+        instance: InstanceId,
+        items: Vec<Vec<u8>>,
+    ) -> Result<Vec<Self::Output>, ApplyError>;
 
     /// Every instance below this is durably applied on the application's side
     /// (survives a crash). After a restart the library replays from here; log

@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use binlog::{GtidPos, Transaction};
 use paxos::InstanceId;
-use paxos::runtime::{CheckpointChunk, StateMachine};
+use paxos::runtime::{ApplyError, CheckpointChunk, StateMachine};
 
 use super::value::{ApplyOutcome, PartValue, Value};
 use crate::store::{EventStore, PartOutcome, StoreError, StoreReader, TxnPart};
@@ -511,16 +511,15 @@ impl StateMachine for BinlogStateMachine {
             .is_none_or(|g| g.load(std::sync::atomic::Ordering::Acquire))
     }
 
-    fn apply(&mut self, instance: InstanceId, items: Vec<Vec<u8>>) -> Vec<ApplyOutcome> {
-        match self.try_apply(instance, &items) {
-            Ok(out) => out,
-            Err(e) => {
-                // Returning the wrong number of outputs stops the node: the
-                // store's state on disk is unknown after a write failure.
-                tracing::error!(instance, error = %e, "event store failed; stopping the node");
-                Vec::new()
-            }
-        }
+    /// A store error stops the node (the driver logs it, and the process
+    /// exits with it): the store's state on disk is unknown after a failed
+    /// write, and a restart recovers it and replays from `checkpoint()`.
+    fn apply(
+        &mut self,
+        instance: InstanceId,
+        items: Vec<Vec<u8>>,
+    ) -> Result<Vec<ApplyOutcome>, ApplyError> {
+        Ok(self.try_apply(instance, &items)?)
     }
 
     fn checkpoint(&self) -> InstanceId {
@@ -589,7 +588,7 @@ mod tests {
 
     /// Applies one instance and syncs, as the runtime does.
     fn apply(sm: &mut BinlogStateMachine, i: InstanceId, items: Vec<Vec<u8>>) -> Vec<ApplyOutcome> {
-        let out = StateMachine::apply(sm, i, items);
+        let out = StateMachine::apply(sm, i, items).unwrap();
         StateMachine::sync(sm).unwrap();
         out
     }

@@ -480,6 +480,11 @@ impl TestCluster {
         }
     }
 
+    /// Node `n`'s (1-based) binlog server data directory.
+    pub fn data_dir(&self, n: usize) -> PathBuf {
+        self._tmp.path().join(format!("node{n}"))
+    }
+
     /// Both replicas reach node 1's `gtid_binlog_pos`; returns it.
     pub async fn wait_replicas(&self, timeout: Duration) -> String {
         let target = self.dbs[0].gtid_binlog_pos().await.unwrap();
