@@ -9,9 +9,9 @@
 //! * [`mariadb`]: reading and switching the local MariaDB over SQL.
 //! * [`Agent`]: the loop that connects them (runs inside `phxbinlogsvr`).
 //!
-//! Not yet here (see docs/architecture.md): starting and restarting
-//! `mariadbd` itself, and the restart as a replica that rolls back commits
-//! left waiting for an ACK.
+//! * [`supervisor`]: runs `mariadbd` itself (`--supervise-mariadb`):
+//!   initialises, starts, restarts it (as a replica, which rolls back
+//!   commits left waiting for an ACK), and stops it for a rebuild.
 
 pub mod mariadb;
 pub mod role;

@@ -130,6 +130,9 @@ pub enum Role {
     /// The local MariaDB holds a GTID the chosen log lacks: the node does
     /// not rejoin until an operator rebuilds it.
     Diverged(String),
+    /// The local MariaDB is out of service while its data directory is
+    /// replaced (`phxctl node rebuild`); the node does not campaign.
+    Rebuilding,
 }
 
 /// What [`RoleMachine::decide`] returns.
@@ -235,6 +238,14 @@ impl RoleMachine {
 
     pub fn role(&self) -> &Role {
         &self.role
+    }
+
+    /// The local MariaDB's data directory was replaced (a rebuild): start
+    /// over as on a fresh start. This is what ends [`Role::Diverged`].
+    pub fn restart_after_rebuild(&mut self) {
+        let mut fresh = RoleMachine::new(self.binlog_port, self.ids);
+        fresh.supervised = self.supervised;
+        *self = fresh;
     }
 
     /// Whether the write path may run (as last decided).

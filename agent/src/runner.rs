@@ -52,6 +52,12 @@ pub struct Gates {
     /// Set by a switchover: the master turns read-only while its last
     /// commits are acknowledged, before it hands the lease over.
     pub draining: Arc<AtomicBool>,
+    /// Set while the local MariaDB is out of service (a rebuild replaces its
+    /// data directory): the agent neither starts nor queries it, keeps the
+    /// write path closed and does not campaign; `AgentStatus::rebuilding`
+    /// confirms it has seen it. When cleared, the agent starts `mariadbd`
+    /// again and decides afresh (as on a process start).
+    pub rebuilding: Arc<AtomicBool>,
 }
 
 /// The agent as the status API shows it.
@@ -74,6 +80,8 @@ pub struct AgentStatus {
     /// Whether the local proxy sent a heartbeat lately; `None` when this
     /// node does not require a proxy (`phxbinlogsvr --without-proxy`).
     pub proxy_alive: Option<bool>,
+    /// The agent has seen `Gates::rebuilding` and leaves MariaDB alone.
+    pub rebuilding: bool,
 }
 
 impl Default for AgentStatus {
@@ -88,6 +96,7 @@ impl Default for AgentStatus {
             steps_failed: 0,
             lag_ms: None,
             proxy_alive: None,
+            rebuilding: false,
         }
     }
 }
@@ -161,6 +170,8 @@ pub struct Agent<V> {
     proxy: Option<ProxyLiveness>,
     /// When the local MariaDB was last seen with every chosen transaction.
     last_caught_up: Instant,
+    /// The last look saw `Gates::rebuilding`.
+    rebuilding: bool,
 }
 
 /// Shortest time between two starts of the supervised `mariadbd`.
@@ -191,6 +202,7 @@ impl<V: ClusterView> Agent<V> {
             last_start: None,
             proxy: None,
             last_caught_up: Instant::now(),
+            rebuilding: false,
         }
     }
 
@@ -264,8 +276,43 @@ impl<V: ClusterView> Agent<V> {
         }
     }
 
+    /// While `Gates::rebuilding` is set: hands-off (see there). Returns
+    /// whether it is set.
+    fn rebuilding(&mut self) -> bool {
+        if self.gates.rebuilding.load(Ordering::Acquire) {
+            if !self.rebuilding {
+                tracing::info!("agent: rebuild: leaving the local MariaDB alone");
+                self.rebuilding = true;
+            }
+            self.gates.write_path.store(false, Ordering::Release);
+            self.gates.may_campaign.store(false, Ordering::Release);
+            self.status.update(|s| {
+                s.role = Role::Rebuilding;
+                s.may_campaign = false;
+                s.write_path_open = false;
+                s.mariadb_up = false;
+                s.lag_ms = None;
+                s.last_error = None;
+                s.rebuilding = true;
+            });
+            return true;
+        }
+        if self.rebuilding {
+            tracing::info!("agent: rebuild over: starting the local MariaDB");
+            self.rebuilding = false;
+            self.machine.restart_after_rebuild();
+            self.last_start = None;
+            self.last_caught_up = Instant::now();
+            self.status.update(|s| s.rebuilding = false);
+        }
+        false
+    }
+
     /// One observe-decide-act round.
     async fn turn(&mut self) {
+        if self.rebuilding() {
+            return;
+        }
         self.keep_mariadb_running();
         let mariadb = match tokio::time::timeout(OBSERVE_TIMEOUT, self.mariadb.observe()).await {
             Ok(Ok(s)) => Some(s),

@@ -183,6 +183,16 @@ fn a_gtid_missing_from_the_chosen_log_is_diverged_only_when_it_persists() {
     assert!(matches!(m.role(), Role::Diverged(_)));
     assert!(!d.may_campaign);
     assert!(!d.actions.contains(&Action::OpenWritePath));
+    // Until the node is rebuilt: its MariaDB, restored from a peer, is
+    // judged afresh.
+    m.restart_after_rebuild();
+    assert_eq!(m.role(), &Role::Starting);
+    m.decide(&obs(
+        LeaseView::Other(2),
+        "0-9-9",
+        Some(replicating("0-9-9")),
+    ));
+    assert_eq!(m.role(), &Role::Replica);
 }
 
 #[test]

@@ -103,7 +103,9 @@ enum MemberCmd {
 #[derive(Subcommand, Debug)]
 enum NodeCmd {
     /// Re-seed NODE's MariaDB from PEER (mariadb-backup), then let it catch
-    /// up and rejoin. NODE runs on this machine (started by `phxctl local`).
+    /// up and rejoin. NODE's binlog server does it (it must run with
+    /// --supervise-mariadb, as `phxctl local` and the Docker image do),
+    /// wherever it runs; this shows the progress.
     Rebuild {
         node: String,
         /// A healthy node to copy from (a caught-up replica is best).

@@ -475,6 +475,49 @@ async fn a_diverged_node_is_rebuilt_from_a_peer() {
         .await
         .unwrap();
     assert_eq!(stray, Some(0), "the stray row is gone");
+    drop(c);
+
+    // The master is not rebuilt: it must hand the lease over first.
+    let master_now = master_of(&status_json(&cfg)).unwrap();
+    let other = if master_now == from { &bad_name } else { &from };
+    let out = phxctl(&cfg, &["node", "rebuild", &master_now, "--from", other]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("switch over"), "{err}");
+
+    // A rebuild that fails midway (its source stops answering) leaves the
+    // node as it was: the agent starts the old MariaDB again.
+    assert!(
+        phxctl(&cfg, &["local", "down", "--node", &from])
+            .status
+            .success()
+    );
+    let mut api = phxsql_adminapi::AdminClient::new(
+        format!("127.0.0.1:{}", ports[bad * 7 + 2]),
+        Some("rb".to_string()),
+        Duration::from_secs(5),
+    );
+    api.post_json("/rebuild", Some(&serde_json::json!({ "from": from })))
+        .await
+        .unwrap();
+    let mut progress = serde_json::Value::Null;
+    wait_until("the rebuild to fail", Duration::from_secs(60), async || {
+        progress = api.get_json("/rebuild").await.unwrap();
+        progress["phase"] == "failed"
+    })
+    .await;
+    let error = progress["error"].as_str().unwrap_or_default();
+    assert!(error.contains("downloading the backup"), "{progress}");
+    wait_until(
+        "the node serving again on its old data",
+        Duration::from_secs(60),
+        async || {
+            let s = status_json(&cfg);
+            s["nodes"][bad]["role"] == "replica"
+        },
+    )
+    .await;
+    assert_has_all(mariadb(bad), &acked).await;
 }
 
 /// `init` bootstraps from the first node: node1 alone is the cluster (and

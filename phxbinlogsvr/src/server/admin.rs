@@ -2,8 +2,10 @@
 //! `/master`, `/members`, `/route`, `/metrics`. With the cluster's
 //! `admin_api` token as `Authorization: Bearer <token>`: `POST /switchover`,
 //! `POST /members` (membership changes, on the master), `POST
-//! /proxy/heartbeat`, and `GET /backup` (a physical backup of the local
-//! MariaDB, for `phxctl node rebuild`).
+//! /proxy/heartbeat`, `GET /backup` (a physical backup of the local
+//! MariaDB, for a peer's rebuild) and `POST /rebuild {"from": PEER}`
+//! (re-seed this node's MariaDB from PEER's backup; progress: `GET
+//! /rebuild`; see [`super::rebuild`]).
 //!
 //! `/metrics` is Prometheus text exposition format written by hand: the
 //! counters already live in plain structs (`paxos::NodeCounters`,
@@ -57,6 +59,9 @@ pub struct AdminState {
     pub backup_dir: std::path::PathBuf,
     /// One backup at a time.
     pub backup_busy: tokio::sync::Mutex<()>,
+    /// Rebuilding this node's MariaDB (`POST /rebuild`); only when the
+    /// agent runs it (`--supervise-mariadb`).
+    pub rebuild: Option<Arc<super::rebuild::Rebuilder>>,
 }
 
 /// What the switchover needs of the agent.
@@ -104,6 +109,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/route", get(route))
         .route("/lease", post(set_lease))
         .route("/backup", get(backup))
+        .route("/rebuild", get(rebuild_progress).post(start_rebuild))
         .route("/proxy/heartbeat", post(proxy_heartbeat))
         .with_state(state)
 }
@@ -335,6 +341,42 @@ async fn backup(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Respons
         body,
     )
         .into_response()
+}
+
+/// `POST /rebuild {"from": "<node name>"}`: starts rebuilding this node's
+/// MariaDB from that peer's backup (202 and the progress).
+#[derive(Debug, serde::Deserialize)]
+struct RebuildRequest {
+    from: String,
+}
+
+async fn start_rebuild(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Json(req): Json<RebuildRequest>,
+) -> Response {
+    if !authorized(&headers, &s.token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    }
+    let Some(rebuilder) = &s.rebuild else {
+        return error(
+            StatusCode::CONFLICT,
+            "rebuilding needs this node's MariaDB run by the agent (phxbinlogsvr --supervise-mariadb)",
+        );
+    };
+    match rebuilder.start(&req.from) {
+        Ok(progress) => (StatusCode::ACCEPTED, Json(progress)).into_response(),
+        Err(e @ super::rebuild::StartError::BadRequest(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ super::rebuild::StartError::Conflict(_)) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+/// `GET /rebuild`: the running (or last) rebuild.
+async fn rebuild_progress(State(s): State<Arc<AdminState>>) -> Response {
+    match &s.rebuild {
+        Some(r) => Json(r.progress()).into_response(),
+        None => Json(super::rebuild::RebuildProgress::default()).into_response(),
+    }
 }
 
 /// Runs `mariadb-backup` against the local MariaDB into `dir/backup.xbs`.

@@ -17,6 +17,7 @@
 //! ids the agent gives the MariaDB servers (`mariadb.server_id_base` + ...).
 
 pub mod admin;
+pub mod rebuild;
 pub mod state_machine;
 pub mod value;
 pub mod write_path;
@@ -355,7 +356,7 @@ impl Server {
             .into();
         // The agent.
         let proxy_liveness = agent::ProxyLiveness::new(agent::PROXY_HEARTBEAT_TIMEOUT);
-        let (agent_status, agent_task) = match gates {
+        let (agent_status, rebuilder, agent_task) = match gates {
             Some(gates) => {
                 let local = agent::LocalMariaDb::new(
                     mariadb_opts.clone(),
@@ -384,8 +385,10 @@ impl Server {
                 } else {
                     a.with_proxy(proxy_liveness.clone())
                 };
+                let mut supervisor = None;
                 let a = if opts.supervise_mariadb {
                     let sup = Arc::new(agent::Supervisor::new(launch_config(cfg, &me)));
+                    supervisor = Some(Arc::clone(&sup));
                     let init = Arc::clone(&sup);
                     let initialised =
                         tokio::task::spawn_blocking(move || init.ensure_initialized())
@@ -404,12 +407,33 @@ impl Server {
                     gates: a.gates(),
                     mariadb: a.mariadb().clone(),
                 };
+                let rebuilder = supervisor.map(|sup| {
+                    Arc::new(rebuild::Rebuilder::new(
+                        me.id,
+                        cfg.nodes
+                            .iter()
+                            .map(|n| rebuild::Peer {
+                                id: n.id,
+                                name: n.name.clone(),
+                                admin: n.admin_addr(),
+                            })
+                            .collect(),
+                        cfg.credentials.admin_token.expose().to_string(),
+                        me.mariadb_datadir.clone(),
+                        me.data_dir.join("rebuild"),
+                        a.gates(),
+                        a.status(),
+                        sup,
+                        handle.clone(),
+                    ))
+                });
                 (
                     Some(control),
+                    rebuilder,
                     Some(tokio::spawn(a.run(shutdown_rx.clone()))),
                 )
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let state = Arc::new(admin::AdminState {
             cluster: cfg.name.clone(),
@@ -432,6 +456,7 @@ impl Server {
                 .collect(),
             backup_dir: me.data_dir.join("backup"),
             backup_busy: tokio::sync::Mutex::new(()),
+            rebuild: rebuilder,
         });
         let admin_listen = me.listen_addr(me.admin_port);
         let listener = tokio::net::TcpListener::bind(admin_listen)

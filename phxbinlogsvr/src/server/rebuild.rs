@@ -1,0 +1,400 @@
+//! Rebuilding this node's MariaDB from a peer, in place (`POST /rebuild`,
+//! driven by `phxctl node rebuild NODE --from PEER`): for a node reported
+//! `diverged`, or a new node whose log the cluster no longer holds from the
+//! start. Needs the agent to run `mariadbd` (`--supervise-mariadb`), so it
+//! works wherever the node runs (phxctl local, Docker, systemd).
+//!
+//! 1. **stopping**: `Gates::rebuilding` makes the agent leave MariaDB alone
+//!    (no start, no campaign, write path closed); once it confirms, and this
+//!    node does not hold the lease, `mariadbd` is stopped.
+//! 2. **downloading**: the peer's binlog server makes a physical backup of
+//!    its MariaDB (`GET /backup`, `mariadb-backup --stream=xbstream`); it is
+//!    saved under `<data_dir>/rebuild` and checked against its length.
+//! 3. **preparing**: `mbstream -x`, `mariadb-backup --prepare`; the
+//!    backup's GTID position is written for the agent to adopt
+//!    ([`agent::RESTORED_GTID_FILE`]).
+//! 4. The old data directory is kept as `<mariadb_datadir>.before-rebuild`
+//!    (nothing is deleted) and the new one takes its place.
+//! 5. **starting**: the gate is cleared; the agent starts `mariadbd`,
+//!    adopts the position and replicates what was chosen since.
+//!
+//! A failure before step 4 leaves the data directory as it was, and the
+//! agent starts the old MariaDB again. Progress: `GET /rebuild`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use paxos::NodeHandle;
+use phxsql_adminapi::AdminClient;
+use serde::Serialize;
+
+use super::value::ApplyOutcome;
+
+/// How long the agent may take to confirm it leaves MariaDB alone (it
+/// looks every 100 ms; a look may wait on a slow MariaDB).
+const AGENT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a download may go without receiving a byte (the peer sends
+/// nothing while `mariadb-backup` runs).
+const DOWNLOAD_STALL: Duration = Duration::from_secs(600);
+
+/// Where a rebuild is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Idle,
+    Stopping,
+    Downloading,
+    Preparing,
+    Starting,
+    Done,
+    Failed,
+}
+
+/// What `GET /rebuild` shows: the running rebuild, or the last one.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RebuildProgress {
+    pub phase: Phase,
+    /// The peer the backup comes from.
+    pub from: Option<String>,
+    pub received_bytes: u64,
+    /// The backup's size, once the peer has made it.
+    pub total_bytes: Option<u64>,
+    /// The restored GTID position (when done).
+    pub gtid: Option<String>,
+    /// Where the old data directory was kept (when done).
+    pub kept: Option<String>,
+    pub error: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// A peer to rebuild from.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub id: u64,
+    pub name: String,
+    pub admin: String,
+}
+
+/// Everything a rebuild touches; one per node, one rebuild at a time.
+pub struct Rebuilder {
+    pub me: u64,
+    pub peers: Vec<Peer>,
+    pub token: String,
+    pub mariadb_datadir: PathBuf,
+    /// `<data_dir>/rebuild`.
+    pub work: PathBuf,
+    pub gates: agent::Gates,
+    pub agent_status: agent::StatusHandle,
+    pub supervisor: Arc<agent::Supervisor>,
+    pub handle: NodeHandle<ApplyOutcome>,
+    progress: Mutex<RebuildProgress>,
+}
+
+/// Why a rebuild was not started (the admin API's answer).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl Rebuilder {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        me: u64,
+        peers: Vec<Peer>,
+        token: String,
+        mariadb_datadir: PathBuf,
+        work: PathBuf,
+        gates: agent::Gates,
+        agent_status: agent::StatusHandle,
+        supervisor: Arc<agent::Supervisor>,
+        handle: NodeHandle<ApplyOutcome>,
+    ) -> Self {
+        Rebuilder {
+            me,
+            peers,
+            token,
+            mariadb_datadir,
+            work,
+            gates,
+            agent_status,
+            supervisor,
+            handle,
+            progress: Mutex::new(RebuildProgress::default()),
+        }
+    }
+
+    pub fn progress(&self) -> RebuildProgress {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RebuildProgress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn holds_lease(&self) -> bool {
+        self.handle.master().is_some_and(|(id, _)| id == self.me)
+    }
+
+    /// Starts a rebuild from `from` (a node name) in the background.
+    pub fn start(self: &Arc<Self>, from: &str) -> Result<RebuildProgress, StartError> {
+        let Some(peer) = self.peers.iter().find(|p| p.name == from).cloned() else {
+            return Err(StartError::BadRequest(format!(
+                "no node {from:?} in the cluster file"
+            )));
+        };
+        if peer.id == self.me {
+            return Err(StartError::BadRequest(
+                "a node cannot be rebuilt from itself".into(),
+            ));
+        }
+        if self.holds_lease() {
+            return Err(StartError::Conflict(
+                "this node holds the master lease: switch over to another node first".into(),
+            ));
+        }
+        let started = {
+            let mut p = self.lock();
+            if matches!(
+                p.phase,
+                Phase::Stopping | Phase::Downloading | Phase::Preparing | Phase::Starting
+            ) {
+                return Err(StartError::Conflict(
+                    "a rebuild is already running on this node".into(),
+                ));
+            }
+            *p = RebuildProgress {
+                phase: Phase::Stopping,
+                from: Some(peer.name.clone()),
+                ..RebuildProgress::default()
+            };
+            p.clone()
+        };
+        tracing::info!(from = %peer.name, "rebuild: starting");
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.run(peer).await });
+        Ok(started)
+    }
+
+    async fn run(self: Arc<Self>, peer: Peer) {
+        let t0 = Instant::now();
+        let result = self.steps(&peer, t0).await;
+        // Whatever happened, the agent takes MariaDB back: the new data
+        // directory if it was swapped in, else the old one.
+        self.gates.rebuilding.store(false, Ordering::Release);
+        let mut p = self.lock();
+        p.elapsed_ms = t0.elapsed().as_millis() as u64;
+        match result {
+            Ok((gtid, kept)) => {
+                tracing::info!(from = %peer.name, %gtid, secs = t0.elapsed().as_secs_f64(), "rebuild: done; the agent starts MariaDB");
+                p.phase = Phase::Done;
+                p.gtid = Some(gtid);
+                p.kept = Some(kept.display().to_string());
+            }
+            Err(e) => {
+                tracing::error!(from = %peer.name, error = %e, "rebuild failed; the agent starts the old MariaDB again");
+                p.phase = Phase::Failed;
+                p.error = Some(e);
+            }
+        }
+    }
+
+    fn set_phase(&self, phase: Phase, t0: Instant) {
+        tracing::info!(?phase, "rebuild");
+        let mut p = self.lock();
+        p.phase = phase;
+        p.elapsed_ms = t0.elapsed().as_millis() as u64;
+    }
+
+    /// Steps 1-4; returns the restored GTID position and where the old
+    /// data directory went.
+    async fn steps(&self, peer: &Peer, t0: Instant) -> Result<(String, PathBuf), String> {
+        // 1. The agent lets go of MariaDB; then it is stopped.
+        self.gates.rebuilding.store(true, Ordering::Release);
+        let deadline = Instant::now() + AGENT_CONFIRM_TIMEOUT;
+        while !self.agent_status.get().rebuilding {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the agent did not confirm within {AGENT_CONFIRM_TIMEOUT:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.holds_lease() {
+            return Err(
+                "this node took the master lease meanwhile: switch over to another node first"
+                    .into(),
+            );
+        }
+        let sup = Arc::clone(&self.supervisor);
+        let still_running = tokio::task::spawn_blocking(move || {
+            sup.stop(Duration::from_secs(60));
+            sup.is_running()
+        })
+        .await
+        .map_err(|e| format!("stopping mariadbd: {e}"))?;
+        if still_running {
+            return Err("mariadbd did not stop within 60 s".into());
+        }
+
+        // 2. The peer's backup.
+        self.set_phase(Phase::Downloading, t0);
+        let _ = fs::remove_dir_all(&self.work);
+        fs::create_dir_all(&self.work)
+            .map_err(|e| format!("creating {}: {e}", self.work.display()))?;
+        let file = self.work.join("backup.xbs");
+        let mut client = AdminClient::new(
+            peer.admin.clone(),
+            Some(self.token.clone()),
+            Duration::from_secs(10),
+        );
+        let mut last_log = Instant::now();
+        let got = client
+            .download("/backup", &file, DOWNLOAD_STALL, |done, total| {
+                let mut p = self.lock();
+                p.received_bytes = done;
+                p.total_bytes = total;
+                p.elapsed_ms = t0.elapsed().as_millis() as u64;
+                drop(p);
+                if last_log.elapsed() >= Duration::from_secs(5) {
+                    last_log = Instant::now();
+                    tracing::info!(bytes = done, total, "rebuild: downloading");
+                }
+            })
+            .await
+            .map_err(|e| format!("downloading the backup of {}: {e}", peer.name))?;
+        tracing::info!(bytes = got, from = %peer.name, "rebuild: backup received");
+
+        // 3. Extract and prepare.
+        self.set_phase(Phase::Preparing, t0);
+        let work = self.work.clone();
+        let staged = work.join("datadir");
+        let prepared = tokio::task::spawn_blocking(move || prepare(&work, &file, &staged))
+            .await
+            .map_err(|e| format!("preparing the backup: {e}"))??;
+
+        // 4. Swap the data directories.
+        let datadir = &self.mariadb_datadir;
+        let old = datadir.with_extension("before-rebuild");
+        if datadir.exists() {
+            let _ = fs::remove_dir_all(&old);
+            fs::rename(datadir, &old)
+                .map_err(|e| format!("moving {} to {}: {e}", datadir.display(), old.display()))?;
+        }
+        fs::rename(&prepared.dir, datadir).map_err(|e| {
+            format!(
+                "moving the rebuilt data to {}: {e} (the old data is in {})",
+                datadir.display(),
+                old.display()
+            )
+        })?;
+        let _ = fs::remove_dir_all(&self.work);
+        self.set_phase(Phase::Starting, t0);
+        Ok((prepared.gtid, old))
+    }
+}
+
+struct Prepared {
+    dir: PathBuf,
+    gtid: String,
+}
+
+/// Extracts `file` into `staged`, prepares it, and records its GTID
+/// position for the agent.
+fn prepare(work: &Path, file: &Path, staged: &Path) -> Result<Prepared, String> {
+    fs::create_dir_all(staged).map_err(|e| format!("creating {}: {e}", staged.display()))?;
+    let input = fs::File::open(file).map_err(|e| format!("opening {}: {e}", file.display()))?;
+    run(
+        Command::new("mbstream")
+            .args(["-x", "-C"])
+            .arg(staged)
+            .stdin(Stdio::from(input)),
+        "mbstream -x",
+        &work.join("mbstream.log"),
+    )?;
+    let _ = fs::remove_file(file);
+    run(
+        Command::new("mariadb-backup")
+            .arg("--prepare")
+            .arg(format!("--target-dir={}", staged.display()))
+            .stdin(Stdio::null()),
+        "mariadb-backup --prepare",
+        &work.join("prepare.log"),
+    )?;
+    let gtid = backup_gtid(staged)?;
+    let marker = staged.join(agent::RESTORED_GTID_FILE);
+    fs::write(&marker, format!("{gtid}\n"))
+        .map_err(|e| format!("writing {}: {e}", marker.display()))?;
+    Ok(Prepared {
+        dir: staged.to_path_buf(),
+        gtid,
+    })
+}
+
+/// Runs `cmd`, its output to `log`; a failure quotes the log's last lines.
+fn run(cmd: &mut Command, what: &str, log: &Path) -> Result<(), String> {
+    let out = fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let status = cmd
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .map_err(|e| format!("running {what} (Debian package mariadb-backup): {e}"))?;
+    if !status.success() {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!("{what} failed ({status}): {}", tail.join(" | ")));
+    }
+    Ok(())
+}
+
+/// The backup's GTID position, from `xtrabackup_binlog_info` (MariaDB
+/// 10.x; `mariadb_backup_binlog_info` from 11.x): `<binlog file>
+/// <position> <gtid position>`.
+pub fn backup_gtid(datadir: &Path) -> Result<String, String> {
+    for name in ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"] {
+        let path = datadir.join(name);
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        return parse_binlog_info(&text)
+            .ok_or_else(|| format!("{}: no GTID position in {text:?}", path.display()));
+    }
+    Err(format!(
+        "{}: the backup has no binary log position (is log_bin on at the peer?)",
+        datadir.display()
+    ))
+}
+
+fn parse_binlog_info(text: &str) -> Option<String> {
+    let gtid = text.split_whitespace().nth(2)?;
+    Some(gtid.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gtid_from_binlog_info() {
+        assert_eq!(
+            parse_binlog_info("mysql-bin.000003\t385\t0-1001001-42\n").as_deref(),
+            Some("0-1001001-42")
+        );
+        assert_eq!(
+            parse_binlog_info("b.000001 10 0-1-5,1-2-7").as_deref(),
+            Some("0-1-5,1-2-7")
+        );
+        assert_eq!(parse_binlog_info("b.000001 10"), None);
+    }
+}
