@@ -131,7 +131,8 @@ pub enum Role {
     /// not rejoin until an operator rebuilds it.
     Diverged(String),
     /// The local MariaDB is out of service while its data directory is
-    /// replaced (`phxctl node rebuild`); the node does not campaign.
+    /// replaced (a rebuild, `phxctl node rebuild`); the node does not
+    /// campaign.
     Rebuilding,
 }
 

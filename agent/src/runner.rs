@@ -56,8 +56,13 @@ pub struct Gates {
     /// data directory): the agent neither starts nor queries it, keeps the
     /// write path closed and does not campaign; `AgentStatus::rebuilding`
     /// confirms it has seen it. When cleared, the agent starts `mariadbd`
-    /// again and decides afresh (as on a process start).
+    /// again.
     pub rebuilding: Arc<AtomicBool>,
+    /// Set by a rebuild that replaced the data directory (before it clears
+    /// `rebuilding`): the agent then judges the new MariaDB afresh, which
+    /// ends `diverged`. A rebuild that failed leaves it unset, and the node
+    /// stays as it was.
+    pub rebuilt: Arc<AtomicBool>,
 }
 
 /// The agent as the status API shows it.
@@ -298,11 +303,20 @@ impl<V: ClusterView> Agent<V> {
             return true;
         }
         if self.rebuilding {
-            tracing::info!("agent: rebuild over: starting the local MariaDB");
             self.rebuilding = false;
-            self.machine.restart_after_rebuild();
             self.last_start = None;
-            self.last_caught_up = Instant::now();
+            if self.gates.rebuilt.swap(false, Ordering::AcqRel) {
+                tracing::info!("agent: rebuild over: starting the restored MariaDB");
+                self.machine.restart_after_rebuild();
+                // Restored from a backup: behind until it has every chosen
+                // transaction (the read-only port must not take it for
+                // fresh).
+                self.last_caught_up = Instant::now()
+                    .checked_sub(Duration::from_secs(3600))
+                    .unwrap_or_else(Instant::now);
+            } else {
+                tracing::info!("agent: rebuild abandoned: starting the local MariaDB again");
+            }
             self.status.update(|s| s.rebuilding = false);
         }
         false

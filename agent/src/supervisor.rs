@@ -183,7 +183,7 @@ impl Supervisor {
     }
 
     /// The GTID position a restored data directory was backed up at, left
-    /// by `phxctl node rebuild` in [`RESTORED_GTID_FILE`]; the agent adopts
+    /// by a rebuild (`phxctl node rebuild`) in [`RESTORED_GTID_FILE`]; the agent adopts
     /// it (see `LocalMariaDb::adopt_restored_position`) and then calls
     /// [`Supervisor::restored_position_adopted`].
     pub fn restored_position(&self) -> Option<String> {

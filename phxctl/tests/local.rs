@@ -485,13 +485,9 @@ async fn a_diverged_node_is_rebuilt_from_a_peer() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("switch over"), "{err}");
 
-    // A rebuild that fails midway (its source stops answering) leaves the
+    // A rebuild that fails midway (its source stops answering while it
+    // makes the backup, after this node's MariaDB was stopped) leaves the
     // node as it was: the agent starts the old MariaDB again.
-    assert!(
-        phxctl(&cfg, &["local", "down", "--node", &from])
-            .status
-            .success()
-    );
     let mut api = phxsql_adminapi::AdminClient::new(
         format!("127.0.0.1:{}", ports[bad * 7 + 2]),
         Some("rb".to_string()),
@@ -500,6 +496,17 @@ async fn a_diverged_node_is_rebuilt_from_a_peer() {
     api.post_json("/rebuild", Some(&serde_json::json!({ "from": from })))
         .await
         .unwrap();
+    wait_until(
+        "the rebuild to download",
+        Duration::from_secs(30),
+        async || api.get_json("/rebuild").await.unwrap()["phase"] == "downloading",
+    )
+    .await;
+    assert!(
+        phxctl(&cfg, &["local", "down", "--node", &from])
+            .status
+            .success()
+    );
     let mut progress = serde_json::Value::Null;
     wait_until("the rebuild to fail", Duration::from_secs(60), async || {
         progress = api.get_json("/rebuild").await.unwrap();
@@ -508,6 +515,10 @@ async fn a_diverged_node_is_rebuilt_from_a_peer() {
     .await;
     let error = progress["error"].as_str().unwrap_or_default();
     assert!(error.contains("downloading the backup"), "{progress}");
+    // The source is down now: a rebuild from it is refused before anything
+    // is stopped.
+    let out = phxctl(&cfg, &["node", "rebuild", &bad_name, "--from", &from]);
+    assert!(!out.status.success());
     wait_until(
         "the node serving again on its old data",
         Duration::from_secs(60),

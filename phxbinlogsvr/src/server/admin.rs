@@ -353,11 +353,20 @@ struct RebuildRequest {
 async fn start_rebuild(
     State(s): State<Arc<AdminState>>,
     headers: HeaderMap,
-    Json(req): Json<RebuildRequest>,
+    body: axum::body::Bytes,
 ) -> Response {
     if !authorized(&headers, &s.token) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
     }
+    let req: RebuildRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"from\": \"<node name>\"}}: {e}"),
+            );
+        }
+    };
     let Some(rebuilder) = &s.rebuild else {
         return error(
             StatusCode::CONFLICT,

@@ -420,7 +420,6 @@ impl Server {
                             .collect(),
                         cfg.credentials.admin_token.expose().to_string(),
                         me.mariadb_datadir.clone(),
-                        me.data_dir.join("rebuild"),
                         a.gates(),
                         a.status(),
                         sup,

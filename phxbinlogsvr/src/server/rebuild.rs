@@ -4,22 +4,35 @@
 //! start. Needs the agent to run `mariadbd` (`--supervise-mariadb`), so it
 //! works wherever the node runs (phxctl local, Docker, systemd).
 //!
-//! 1. **stopping**: `Gates::rebuilding` makes the agent leave MariaDB alone
-//!    (no start, no campaign, write path closed); once it confirms, and this
-//!    node does not hold the lease, `mariadbd` is stopped.
+//! 1. **stopping**: the source must be a healthy node (replica or master,
+//!    MariaDB up) and the data directory must not be a mount point (it is
+//!    replaced by a rename). `Gates::rebuilding` makes the agent leave
+//!    MariaDB alone (no start, no campaign, write path closed); once it
+//!    confirms, and this node does not hold the lease, `mariadbd` is
+//!    stopped.
 //! 2. **downloading**: the peer's binlog server makes a physical backup of
 //!    its MariaDB (`GET /backup`, `mariadb-backup --stream=xbstream`); it is
-//!    saved under `<data_dir>/rebuild` and checked against its length.
-//! 3. **preparing**: `mbstream -x`, `mariadb-backup --prepare`; the
-//!    backup's GTID position is written for the agent to adopt
+//!    saved beside the data directory (`<mariadb_datadir>.rebuild`, so the
+//!    final rename stays on one file system) and checked against its length.
+//! 3. **preparing**: with enough free space for the extracted copy,
+//!    `mbstream -x` and `mariadb-backup --prepare`; the backup's GTID
+//!    position is written for the agent to adopt
 //!    ([`agent::RESTORED_GTID_FILE`]).
 //! 4. The old data directory is kept as `<mariadb_datadir>.before-rebuild`
-//!    (nothing is deleted) and the new one takes its place.
-//! 5. **starting**: the gate is cleared; the agent starts `mariadbd`,
-//!    adopts the position and replicates what was chosen since.
+//!    (`.before-rebuild.N` if that exists: nothing is deleted) and the new
+//!    one takes its place; if that second rename fails, the old one is put
+//!    back.
+//! 5. **starting**: `Gates::rebuilt` then the gate is cleared; the agent
+//!    starts `mariadbd`, judges it afresh (which ends `diverged`), adopts
+//!    the position and replicates what was chosen since. The rebuild is
+//!    `done` once MariaDB answers.
 //!
-//! A failure before step 4 leaves the data directory as it was, and the
-//! agent starts the old MariaDB again. Progress: `GET /rebuild`.
+//! A failure before step 4 leaves the data directory as it was (and the
+//! verdict on it: a diverged node stays diverged); the agent starts the
+//! old MariaDB again. The work directory is removed on failure and at the
+//! binlog server's start (a rebuild is never resumed). Progress: `GET
+//! /rebuild`. Free space needed on the data directory's file system: about
+//! twice the source's data (the stream, then its extracted copy).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -40,6 +53,8 @@ const AGENT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a download may go without receiving a byte (the peer sends
 /// nothing while `mariadb-backup` runs).
 const DOWNLOAD_STALL: Duration = Duration::from_secs(600);
+/// How long the restored MariaDB may take to start and answer.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Where a rebuild is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -86,8 +101,8 @@ pub struct Rebuilder {
     pub peers: Vec<Peer>,
     pub token: String,
     pub mariadb_datadir: PathBuf,
-    /// `<data_dir>/rebuild`.
-    pub work: PathBuf,
+    /// `<mariadb_datadir>.rebuild`.
+    work: PathBuf,
     pub gates: agent::Gates,
     pub agent_status: agent::StatusHandle,
     pub supervisor: Arc<agent::Supervisor>,
@@ -105,18 +120,23 @@ pub enum StartError {
 }
 
 impl Rebuilder {
+    /// Removes what an interrupted rebuild left (it is never resumed).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: u64,
         peers: Vec<Peer>,
         token: String,
         mariadb_datadir: PathBuf,
-        work: PathBuf,
         gates: agent::Gates,
         agent_status: agent::StatusHandle,
         supervisor: Arc<agent::Supervisor>,
         handle: NodeHandle<ApplyOutcome>,
     ) -> Self {
+        let work = beside(&mariadb_datadir, ".rebuild");
+        if work.exists() {
+            tracing::warn!(dir = %work.display(), "removing what an interrupted rebuild left");
+            let _ = fs::remove_dir_all(&work);
+        }
         Rebuilder {
             me,
             peers,
@@ -186,24 +206,81 @@ impl Rebuilder {
     async fn run(self: Arc<Self>, peer: Peer) {
         let t0 = Instant::now();
         let result = self.steps(&peer, t0).await;
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&self.work);
+        }
         // Whatever happened, the agent takes MariaDB back: the new data
-        // directory if it was swapped in, else the old one.
+        // directory if it was swapped in (and then judged afresh), else the
+        // old one, as it was.
+        self.gates.rebuilt.store(result.is_ok(), Ordering::Release);
         self.gates.rebuilding.store(false, Ordering::Release);
+        let result = match result {
+            Ok(done) => self.wait_started(t0).await.map(|()| done),
+            Err(e) => {
+                // Let the agent leave its hands-off mode before another
+                // rebuild may start (it confirms within a look).
+                let _ = self
+                    .wait_agent(
+                        t0,
+                        AGENT_CONFIRM_TIMEOUT,
+                        |s| !s.rebuilding,
+                        "take MariaDB back",
+                    )
+                    .await;
+                Err(e)
+            }
+        };
         let mut p = self.lock();
         p.elapsed_ms = t0.elapsed().as_millis() as u64;
         match result {
             Ok((gtid, kept)) => {
-                tracing::info!(from = %peer.name, %gtid, secs = t0.elapsed().as_secs_f64(), "rebuild: done; the agent starts MariaDB");
+                tracing::info!(from = %peer.name, %gtid, secs = t0.elapsed().as_secs_f64(), "rebuild: done");
                 p.phase = Phase::Done;
                 p.gtid = Some(gtid);
                 p.kept = Some(kept.display().to_string());
             }
             Err(e) => {
-                tracing::error!(from = %peer.name, error = %e, "rebuild failed; the agent starts the old MariaDB again");
+                tracing::error!(from = %peer.name, error = %e, "rebuild failed");
                 p.phase = Phase::Failed;
                 p.error = Some(e);
             }
         }
+    }
+
+    /// Waits (polling) until the agent's status satisfies `ok`.
+    async fn wait_agent(
+        &self,
+        t0: Instant,
+        timeout: Duration,
+        ok: impl Fn(&agent::AgentStatus) -> bool,
+        what: &str,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while !ok(&self.agent_status.get()) {
+            if Instant::now() >= deadline {
+                return Err(format!("the agent did not {what} within {timeout:?}"));
+            }
+            self.lock().elapsed_ms = t0.elapsed().as_millis() as u64;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Step 5: the agent starts the restored MariaDB.
+    async fn wait_started(&self, t0: Instant) -> Result<(), String> {
+        self.wait_agent(
+            t0,
+            START_TIMEOUT,
+            |s| !s.rebuilding && s.mariadb_up,
+            "start MariaDB",
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "{e}: the restored data directory is in place; see {}",
+                self.supervisor.error_log().display()
+            )
+        })
     }
 
     fn set_phase(&self, phase: Phase, t0: Instant) {
@@ -216,17 +293,30 @@ impl Rebuilder {
     /// Steps 1-4; returns the restored GTID position and where the old
     /// data directory went.
     async fn steps(&self, peer: &Peer, t0: Instant) -> Result<(String, PathBuf), String> {
-        // 1. The agent lets go of MariaDB; then it is stopped.
-        self.gates.rebuilding.store(true, Ordering::Release);
-        let deadline = Instant::now() + AGENT_CONFIRM_TIMEOUT;
-        while !self.agent_status.get().rebuilding {
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "the agent did not confirm within {AGENT_CONFIRM_TIMEOUT:?}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // 1. Checks that need nothing stopped.
+        let mut client = AdminClient::new(
+            peer.admin.clone(),
+            Some(self.token.clone()),
+            Duration::from_secs(10),
+        );
+        let route = client
+            .get_json("/route")
+            .await
+            .map_err(|e| format!("asking {} whether it is healthy: {e}", peer.name))?;
+        let role = route["agent"]["role"].as_str().unwrap_or("unknown");
+        if !matches!(role, "replica" | "master") || route["agent"]["mariadb_up"] != true {
+            return Err(format!(
+                "{} is not a healthy source (role {role}); pick a replica that is caught up",
+                peer.name
+            ));
         }
+        check_not_mount_point(&self.mariadb_datadir)?;
+
+        // The agent lets go of MariaDB; then it is stopped.
+        self.gates.rebuilt.store(false, Ordering::Release);
+        self.gates.rebuilding.store(true, Ordering::Release);
+        self.wait_agent(t0, AGENT_CONFIRM_TIMEOUT, |s| s.rebuilding, "confirm")
+            .await?;
         if self.holds_lease() {
             return Err(
                 "this node took the master lease meanwhile: switch over to another node first"
@@ -234,15 +324,9 @@ impl Rebuilder {
             );
         }
         let sup = Arc::clone(&self.supervisor);
-        let still_running = tokio::task::spawn_blocking(move || {
-            sup.stop(Duration::from_secs(60));
-            sup.is_running()
-        })
-        .await
-        .map_err(|e| format!("stopping mariadbd: {e}"))?;
-        if still_running {
-            return Err("mariadbd did not stop within 60 s".into());
-        }
+        tokio::task::spawn_blocking(move || sup.stop(Duration::from_secs(60)))
+            .await
+            .map_err(|e| format!("stopping mariadbd: {e}"))?;
 
         // 2. The peer's backup.
         self.set_phase(Phase::Downloading, t0);
@@ -250,11 +334,6 @@ impl Rebuilder {
         fs::create_dir_all(&self.work)
             .map_err(|e| format!("creating {}: {e}", self.work.display()))?;
         let file = self.work.join("backup.xbs");
-        let mut client = AdminClient::new(
-            peer.admin.clone(),
-            Some(self.token.clone()),
-            Duration::from_secs(10),
-        );
         let mut last_log = Instant::now();
         let got = client
             .download("/backup", &file, DOWNLOAD_STALL, |done, total| {
@@ -272,33 +351,102 @@ impl Rebuilder {
             .map_err(|e| format!("downloading the backup of {}: {e}", peer.name))?;
         tracing::info!(bytes = got, from = %peer.name, "rebuild: backup received");
 
-        // 3. Extract and prepare.
+        // 3. Extract and prepare (the extracted copy is about as large as
+        // the stream, which is deleted once extracted).
         self.set_phase(Phase::Preparing, t0);
+        let free = free_bytes(&self.work)?;
+        let need = got + got / 10;
+        if free < need {
+            return Err(format!(
+                "not enough free space in {} to extract the backup: {} MiB free, about {} MiB needed",
+                self.work.display(),
+                free >> 20,
+                need >> 20
+            ));
+        }
         let work = self.work.clone();
         let staged = work.join("datadir");
         let prepared = tokio::task::spawn_blocking(move || prepare(&work, &file, &staged))
             .await
             .map_err(|e| format!("preparing the backup: {e}"))??;
 
-        // 4. Swap the data directories.
+        // 4. Swap the data directories (the agent has not restarted
+        // mariadbd: it is told to leave it alone).
+        if self.supervisor.is_running() {
+            return Err("mariadbd is running again; the data directory was not touched".into());
+        }
         let datadir = &self.mariadb_datadir;
-        let old = datadir.with_extension("before-rebuild");
+        let old = free_name(&beside(datadir, ".before-rebuild"));
         if datadir.exists() {
-            let _ = fs::remove_dir_all(&old);
             fs::rename(datadir, &old)
                 .map_err(|e| format!("moving {} to {}: {e}", datadir.display(), old.display()))?;
         }
-        fs::rename(&prepared.dir, datadir).map_err(|e| {
-            format!(
-                "moving the rebuilt data to {}: {e} (the old data is in {})",
-                datadir.display(),
-                old.display()
-            )
-        })?;
+        if let Err(e) = fs::rename(&prepared.dir, datadir) {
+            let back = if old.exists() {
+                match fs::rename(&old, datadir) {
+                    Ok(()) => "the old data directory is back in place".to_string(),
+                    Err(e2) => format!(
+                        "putting the old data directory back failed too ({e2}): move {} back to {} before starting the node",
+                        old.display(),
+                        datadir.display()
+                    ),
+                }
+            } else {
+                "there was no old data directory".to_string()
+            };
+            return Err(format!(
+                "moving the rebuilt data to {}: {e}; {back}",
+                datadir.display()
+            ));
+        }
         let _ = fs::remove_dir_all(&self.work);
         self.set_phase(Phase::Starting, t0);
         Ok((prepared.gtid, old))
     }
+}
+
+/// `path` with `suffix` appended to its last component.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// `path`, or `path.1`, `path.2`, ...: the first that does not exist.
+fn free_name(path: &Path) -> PathBuf {
+    if !path.exists() {
+        return path.to_path_buf();
+    }
+    (1..)
+        .map(|n| beside(path, &format!(".{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// The data directory is replaced by renames: it must not be a mount
+/// point (the rename would fail, after the whole download).
+fn check_not_mount_point(datadir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(datadir) else {
+        return Ok(()); // a new node: nothing there yet
+    };
+    let parent = datadir.parent().unwrap_or(Path::new("/"));
+    let parent_meta =
+        fs::metadata(parent).map_err(|e| format!("reading {}: {e}", parent.display()))?;
+    if meta.dev() != parent_meta.dev() {
+        return Err(format!(
+            "{} is a mount point; a rebuild replaces the directory by renaming it: \
+             make mariadb_datadir a directory inside the mounted file system",
+            datadir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes available to this process on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Result<u64, String> {
+    let st = rustix::fs::statvfs(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 struct Prepared {
