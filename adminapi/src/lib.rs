@@ -40,6 +40,9 @@ pub enum AdminError {
         path: String,
         reason: String,
     },
+    /// The download's `progress` callback stopped it.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 /// The client of one node's admin API.
@@ -116,13 +119,15 @@ impl AdminClient {
     /// `GET path` (with the token) saved to `dest`, for large answers:
     /// each piece must arrive within `stall` (no overall deadline), and the
     /// length must match the answer's Content-Length. `progress(done,
-    /// total)` is called as pieces arrive. Returns the bytes written.
+    /// total)` is called once the headers are in (with `done` 0, before
+    /// anything is written) and as pieces arrive; an `Err` from it stops the
+    /// download (`AdminError::Aborted`). Returns the bytes written.
     pub async fn download(
         &mut self,
         path: &str,
         dest: &std::path::Path,
         stall: Duration,
-        mut progress: impl FnMut(u64, Option<u64>),
+        mut progress: impl FnMut(u64, Option<u64>) -> Result<(), String>,
     ) -> Result<u64, AdminError> {
         use tokio::io::AsyncWriteExt;
         let addr = self.addr.clone();
@@ -156,6 +161,7 @@ impl AdminClient {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        progress(0, total).map_err(AdminError::Aborted)?;
         let mut file = tokio::fs::File::create(dest)
             .await
             .map_err(|e| http(format!("creating {}: {e}", dest.display())))?;
@@ -177,7 +183,7 @@ impl AdminClient {
                     .await
                     .map_err(|e| http(format!("writing {}: {e}", dest.display())))?;
                 done += data.len() as u64;
-                progress(done, total);
+                progress(done, total).map_err(AdminError::Aborted)?;
             }
         }
         file.sync_all()

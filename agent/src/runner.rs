@@ -79,7 +79,7 @@ pub struct AgentStatus {
     pub steps_failed: u64,
     /// How stale reads of the local MariaDB may be: 0 while it has applied
     /// every chosen transaction, else the time since it last had (since the
-    /// agent started, if never). `None` while MariaDB is down. The proxy's
+    /// agent started, if never; [`RESTORED_LAG_MS`] after a rebuild). `None` while MariaDB is down. The proxy's
     /// read-only port compares it with `proxy.ro_max_lag`.
     pub lag_ms: Option<u64>,
     /// Whether the local proxy sent a heartbeat lately; `None` when this
@@ -177,7 +177,15 @@ pub struct Agent<V> {
     last_caught_up: Instant,
     /// The last look saw `Gates::rebuilding`.
     rebuilding: bool,
+    /// The local MariaDB was restored from a backup and has not yet had
+    /// every chosen transaction: it reports [`RESTORED_LAG_MS`].
+    restored_behind: bool,
 }
+
+/// The lag a MariaDB restored from a backup reports until it has every
+/// chosen transaction (its real lag is the backup's age, unknown here): a
+/// day, so that the read-only port does not take it for fresh.
+pub const RESTORED_LAG_MS: u64 = 24 * 3600 * 1000;
 
 /// Shortest time between two starts of the supervised `mariadbd`.
 pub const RESTART_BACKOFF: Duration = Duration::from_secs(2);
@@ -208,6 +216,7 @@ impl<V: ClusterView> Agent<V> {
             proxy: None,
             last_caught_up: Instant::now(),
             rebuilding: false,
+            restored_behind: false,
         }
     }
 
@@ -308,12 +317,7 @@ impl<V: ClusterView> Agent<V> {
             if self.gates.rebuilt.swap(false, Ordering::AcqRel) {
                 tracing::info!("agent: rebuild over: starting the restored MariaDB");
                 self.machine.restart_after_rebuild();
-                // Restored from a backup: behind until it has every chosen
-                // transaction (the read-only port must not take it for
-                // fresh).
-                self.last_caught_up = Instant::now()
-                    .checked_sub(Duration::from_secs(3600))
-                    .unwrap_or_else(Instant::now);
+                self.restored_behind = true;
             } else {
                 tracing::info!("agent: rebuild abandoned: starting the local MariaDB again");
             }
@@ -353,9 +357,22 @@ impl<V: ClusterView> Agent<V> {
                     tracing::info!(%gtid, "agent: restored data directory: adopted its GTID position");
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(%gtid, error = %e, "agent: cannot adopt the restored GTID position yet")
+                    tracing::warn!(%gtid, error = %e, "agent: cannot adopt the restored GTID position yet");
+                    self.status.update(|s| {
+                        s.mariadb_up = true;
+                        s.last_error =
+                            Some(format!("adopting the restored GTID position {gtid}: {e}"));
+                    });
                 }
-                Err(_) => tracing::warn!("agent: adopting the restored GTID position timed out"),
+                Err(_) => {
+                    tracing::warn!("agent: adopting the restored GTID position timed out");
+                    self.status.update(|s| {
+                        s.mariadb_up = true;
+                        s.last_error = Some(format!(
+                            "adopting the restored GTID position {gtid}: no answer within {STEP_TIMEOUT:?}"
+                        ));
+                    });
+                }
             }
             return;
         }
@@ -379,8 +396,13 @@ impl<V: ClusterView> Agent<V> {
         let lag_ms = obs.mariadb.as_ref().map(|db| {
             if db.binlog_pos.includes(&obs.chosen) {
                 self.last_caught_up = Instant::now();
+                self.restored_behind = false;
             }
-            self.last_caught_up.elapsed().as_millis() as u64
+            if self.restored_behind {
+                RESTORED_LAG_MS
+            } else {
+                self.last_caught_up.elapsed().as_millis() as u64
+            }
         });
         let mut error = None;
         let mut failed = 0;

@@ -6,7 +6,7 @@
 //! `phxbinlogsvr/src/server/rebuild.rs`): its agent lets go of MariaDB and
 //! stops it, PEER makes a physical backup (`mariadb-backup`), NODE
 //! downloads, extracts and prepares it, keeps the old data directory as
-//! `<mariadb_datadir>.before-rebuild`, and its agent starts MariaDB again at
+//! `<mariadb_datadir>.before-rebuild` (or `.before-rebuild.N`), and its agent starts MariaDB again at
 //! the backup's GTID position. So it works wherever NODE runs (phxctl local,
 //! Docker, systemd) as long as it runs with `--supervise-mariadb`; phxctl
 //! only starts it and shows the progress (`GET /rebuild`).
@@ -35,9 +35,9 @@ pub async fn rebuild(cfg: &ClusterConfig, name: &str, from: &str) -> Result<()> 
     println!("{name}: rebuilding from {from}");
     let start = Instant::now();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let mut last_phase = String::from("stopping");
+    let mut last_phase = String::from("checking");
     let mut last_ok = Instant::now();
-    println!("  stopping {name}'s MariaDB ...");
+    println!("  checking {from} and {name}'s data directory ...");
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let p = match client.get_json("/rebuild").await {
@@ -58,6 +58,7 @@ pub async fn rebuild(cfg: &ClusterConfig, name: &str, from: &str) -> Result<()> 
                 println!();
             }
             match phase.as_str() {
+                "stopping" => println!("  stopping {name}'s MariaDB ..."),
                 "downloading" => {
                     println!(
                         "  {from} is making a backup of its MariaDB (it is sent once complete) ..."
@@ -87,11 +88,13 @@ pub async fn rebuild(cfg: &ClusterConfig, name: &str, from: &str) -> Result<()> 
                 let _ = std::io::stdout().flush();
             }
             "done" => {
-                println!(
-                    "  restored at GTID {}; the old data directory is kept as {} (remove it when satisfied)",
-                    p["gtid"].as_str().unwrap_or("?"),
-                    p["kept"].as_str().unwrap_or("?")
-                );
+                let gtid = p["gtid"].as_str().unwrap_or("?");
+                match p["kept"].as_str() {
+                    Some(kept) => println!(
+                        "  restored at GTID {gtid}; the old data directory is kept as {kept} (remove it when satisfied)"
+                    ),
+                    None => println!("  restored at GTID {gtid}"),
+                }
                 println!(
                     "{name} rebuilt from {from} in {:.1} s; its agent replicates what was chosen since",
                     start.elapsed().as_secs_f64()

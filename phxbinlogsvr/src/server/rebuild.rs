@@ -62,6 +62,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(180);
 pub enum Phase {
     #[default]
     Idle,
+    /// The source's health, the data directory (nothing stopped yet).
+    Checking,
     Stopping,
     Downloading,
     Preparing,
@@ -184,14 +186,18 @@ impl Rebuilder {
             let mut p = self.lock();
             if matches!(
                 p.phase,
-                Phase::Stopping | Phase::Downloading | Phase::Preparing | Phase::Starting
+                Phase::Checking
+                    | Phase::Stopping
+                    | Phase::Downloading
+                    | Phase::Preparing
+                    | Phase::Starting
             ) {
                 return Err(StartError::Conflict(
                     "a rebuild is already running on this node".into(),
                 ));
             }
             *p = RebuildProgress {
-                phase: Phase::Stopping,
+                phase: Phase::Checking,
                 from: Some(peer.name.clone()),
                 ..RebuildProgress::default()
             };
@@ -206,17 +212,26 @@ impl Rebuilder {
     async fn run(self: Arc<Self>, peer: Peer) {
         let t0 = Instant::now();
         let result = self.steps(&peer, t0).await;
-        if result.is_err() {
+        if let Err(f) = &result {
+            if f.hands_off {
+                // No data directory to start: the agent keeps its hands off
+                // until an operator has put one back and restarted the node.
+                tracing::error!(error = %f.message, "rebuild failed; MariaDB stays stopped");
+                let mut p = self.lock();
+                p.phase = Phase::Failed;
+                p.error = Some(f.message.clone());
+                p.elapsed_ms = t0.elapsed().as_millis() as u64;
+                return;
+            }
             let _ = fs::remove_dir_all(&self.work);
         }
-        // Whatever happened, the agent takes MariaDB back: the new data
-        // directory if it was swapped in (and then judged afresh), else the
-        // old one, as it was.
+        // The agent takes MariaDB back: the new data directory if it was
+        // swapped in (and then judged afresh), else the old one, as it was.
         self.gates.rebuilt.store(result.is_ok(), Ordering::Release);
         self.gates.rebuilding.store(false, Ordering::Release);
         let result = match result {
             Ok(done) => self.wait_started(t0).await.map(|()| done),
-            Err(e) => {
+            Err(Failure { message: e, .. }) => {
                 // Let the agent leave its hands-off mode before another
                 // rebuild may start (it confirms within a look).
                 let _ = self
@@ -233,11 +248,11 @@ impl Rebuilder {
         let mut p = self.lock();
         p.elapsed_ms = t0.elapsed().as_millis() as u64;
         match result {
-            Ok((gtid, kept)) => {
+            Ok(Restored { gtid, kept }) => {
                 tracing::info!(from = %peer.name, %gtid, secs = t0.elapsed().as_secs_f64(), "rebuild: done");
                 p.phase = Phase::Done;
                 p.gtid = Some(gtid);
-                p.kept = Some(kept.display().to_string());
+                p.kept = kept.map(|k| k.display().to_string());
             }
             Err(e) => {
                 tracing::error!(from = %peer.name, error = %e, "rebuild failed");
@@ -266,18 +281,22 @@ impl Rebuilder {
         Ok(())
     }
 
-    /// Step 5: the agent starts the restored MariaDB.
+    /// Step 5: the agent starts the restored MariaDB and adopts its GTID
+    /// position (it removes the marker file then).
     async fn wait_started(&self, t0: Instant) -> Result<(), String> {
+        let sup = Arc::clone(&self.supervisor);
         self.wait_agent(
             t0,
             START_TIMEOUT,
-            |s| !s.rebuilding && s.mariadb_up,
-            "start MariaDB",
+            move |s| !s.rebuilding && s.mariadb_up && sup.restored_position().is_none(),
+            "start MariaDB and adopt its GTID position",
         )
         .await
         .map_err(|e| {
+            let last = self.agent_status.get().last_error;
             format!(
-                "{e}: the restored data directory is in place; see {}",
+                "{e} (agent: {}): the restored data directory is in place; see {} and this node's log",
+                last.as_deref().unwrap_or("no error reported"),
                 self.supervisor.error_log().display()
             )
         })
@@ -290,9 +309,8 @@ impl Rebuilder {
         p.elapsed_ms = t0.elapsed().as_millis() as u64;
     }
 
-    /// Steps 1-4; returns the restored GTID position and where the old
-    /// data directory went.
-    async fn steps(&self, peer: &Peer, t0: Instant) -> Result<(String, PathBuf), String> {
+    /// Steps 1-4.
+    async fn steps(&self, peer: &Peer, t0: Instant) -> Result<Restored, Failure> {
         // 1. Checks that need nothing stopped.
         let mut client = AdminClient::new(
             peer.admin.clone(),
@@ -308,11 +326,13 @@ impl Rebuilder {
             return Err(format!(
                 "{} is not a healthy source (role {role}); pick a replica that is caught up",
                 peer.name
-            ));
+            )
+            .into());
         }
         check_not_mount_point(&self.mariadb_datadir)?;
 
         // The agent lets go of MariaDB; then it is stopped.
+        self.set_phase(Phase::Stopping, t0);
         self.gates.rebuilt.store(false, Ordering::Release);
         self.gates.rebuilding.store(true, Ordering::Release);
         self.wait_agent(t0, AGENT_CONFIRM_TIMEOUT, |s| s.rebuilding, "confirm")
@@ -337,6 +357,24 @@ impl Rebuilder {
         let mut last_log = Instant::now();
         let got = client
             .download("/backup", &file, DOWNLOAD_STALL, |done, total| {
+                // Before anything is written: room for the stream and its
+                // extracted copy (a full disk would also stop this node's
+                // Paxos log, which shares it by default).
+                if done == 0
+                    && let Some(total) = total
+                {
+                    let free = free_bytes(&self.work)?;
+                    let need = total.saturating_mul(21) / 10;
+                    if free < need {
+                        return Err(format!(
+                            "not enough free space in {} for a backup of {} MiB: {} MiB free, about {} MiB needed (the stream and its extracted copy)",
+                            self.work.display(),
+                            total >> 20,
+                            free >> 20,
+                            need >> 20
+                        ));
+                    }
+                }
                 let mut p = self.lock();
                 p.received_bytes = done;
                 p.total_bytes = total;
@@ -346,24 +384,14 @@ impl Rebuilder {
                     last_log = Instant::now();
                     tracing::info!(bytes = done, total, "rebuild: downloading");
                 }
+                Ok(())
             })
             .await
             .map_err(|e| format!("downloading the backup of {}: {e}", peer.name))?;
         tracing::info!(bytes = got, from = %peer.name, "rebuild: backup received");
 
-        // 3. Extract and prepare (the extracted copy is about as large as
-        // the stream, which is deleted once extracted).
+        // 3. Extract and prepare.
         self.set_phase(Phase::Preparing, t0);
-        let free = free_bytes(&self.work)?;
-        let need = got + got / 10;
-        if free < need {
-            return Err(format!(
-                "not enough free space in {} to extract the backup: {} MiB free, about {} MiB needed",
-                self.work.display(),
-                free >> 20,
-                need >> 20
-            ));
-        }
         let work = self.work.clone();
         let staged = work.join("datadir");
         let prepared = tokio::task::spawn_blocking(move || prepare(&work, &file, &staged))
@@ -376,32 +404,67 @@ impl Rebuilder {
             return Err("mariadbd is running again; the data directory was not touched".into());
         }
         let datadir = &self.mariadb_datadir;
-        let old = free_name(&beside(datadir, ".before-rebuild"));
-        if datadir.exists() {
-            fs::rename(datadir, &old)
+        let kept = datadir
+            .exists()
+            .then(|| free_name(&beside(datadir, ".before-rebuild")));
+        if let Some(old) = &kept {
+            fs::rename(datadir, old)
                 .map_err(|e| format!("moving {} to {}: {e}", datadir.display(), old.display()))?;
         }
         if let Err(e) = fs::rename(&prepared.dir, datadir) {
-            let back = if old.exists() {
-                match fs::rename(&old, datadir) {
-                    Ok(()) => "the old data directory is back in place".to_string(),
-                    Err(e2) => format!(
-                        "putting the old data directory back failed too ({e2}): move {} back to {} before starting the node",
-                        old.display(),
-                        datadir.display()
-                    ),
-                }
-            } else {
-                "there was no old data directory".to_string()
-            };
-            return Err(format!(
-                "moving the rebuilt data to {}: {e}; {back}",
-                datadir.display()
-            ));
+            let failed = format!("moving the rebuilt data to {}: {e}", datadir.display());
+            return Err(match &kept {
+                None => failed.into(),
+                Some(old) => match fs::rename(old, datadir) {
+                    Ok(()) => format!("{failed}; the old data directory is back in place").into(),
+                    Err(e2) => Failure {
+                        message: format!(
+                            "{failed}; putting the old data directory back failed too ({e2}): \
+                             MariaDB stays stopped; stop the node, move {} back to {}, start it",
+                            old.display(),
+                            datadir.display()
+                        ),
+                        hands_off: true,
+                    },
+                },
+            });
         }
         let _ = fs::remove_dir_all(&self.work);
         self.set_phase(Phase::Starting, t0);
-        Ok((prepared.gtid, old))
+        Ok(Restored {
+            gtid: prepared.gtid,
+            kept,
+        })
+    }
+}
+
+/// A rebuild that swapped in a new data directory.
+struct Restored {
+    gtid: String,
+    /// Where the old data directory went (none on a new node).
+    kept: Option<PathBuf>,
+}
+
+/// Why a rebuild failed.
+struct Failure {
+    message: String,
+    /// There is no data directory to start (a swap and its undo both
+    /// failed): the agent must keep its hands off.
+    hands_off: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure {
+            message,
+            hands_off: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
     }
 }
 
