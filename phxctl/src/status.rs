@@ -114,7 +114,10 @@ async fn row(cfg: &ClusterConfig, node: &NodeConfig) -> NodeRow {
         .to_string();
     row.lag_ms = agent["lag_ms"].as_u64();
     let mut problems = Vec::new();
-    if let Some(e) = status["mariadb"]["error"].as_str() {
+    if row.role == "rebuilding" {
+        // MariaDB is stopped on purpose: say so instead of "down".
+        problems.push("MariaDB stopped for a rebuild (GET /rebuild shows its progress)".into());
+    } else if let Some(e) = status["mariadb"]["error"].as_str() {
         problems.push(format!("MariaDB down ({e})"));
     }
     if let Some(detail) = agent["detail"].as_str()
