@@ -356,21 +356,17 @@ impl<V: ClusterView> Agent<V> {
                     sup.restored_position_adopted();
                     tracing::info!(%gtid, "agent: restored data directory: adopted its GTID position");
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(%gtid, error = %e, "agent: cannot adopt the restored GTID position yet");
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {STEP_TIMEOUT:?}"),
+                    };
+                    tracing::warn!(%gtid, error = %why, "agent: cannot adopt the restored GTID position yet");
+                    // MariaDB is up; the rebuild waiting for it reports this.
                     self.status.update(|s| {
                         s.mariadb_up = true;
                         s.last_error =
-                            Some(format!("adopting the restored GTID position {gtid}: {e}"));
-                    });
-                }
-                Err(_) => {
-                    tracing::warn!("agent: adopting the restored GTID position timed out");
-                    self.status.update(|s| {
-                        s.mariadb_up = true;
-                        s.last_error = Some(format!(
-                            "adopting the restored GTID position {gtid}: no answer within {STEP_TIMEOUT:?}"
-                        ));
+                            Some(format!("adopting the restored GTID position {gtid}: {why}"));
                     });
                 }
             }

@@ -312,18 +312,14 @@ async fn shutdown_stops_the_node_and_fails_later_calls() -> Result<()> {
     Ok(())
 }
 
-/// A state machine that cannot apply (its disk is full, say) stops the node
-/// with its own error, which the application can report.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_apply_stops_the_node_with_its_error() -> Result<()> {
+/// One node over `sm`, which fails on the first item: the proposal of that
+/// item fails with `NodeStopped`, and the node stops with an error
+/// (returned, with the node's handle, for the caller to check).
+async fn stopped_by(sm: MemSm) -> Result<(NodeHandle<usize>, Arc<RuntimeError>)> {
     let tmp = tempfile::tempdir()?;
     let addr = free_addrs(1)?[0];
     let mut cfg = config(1, addr, tmp.path());
     cfg.initial = Some(founding(&[addr]));
-    let sm = MemSm {
-        failing_from: Some(0),
-        ..MemSm::default()
-    };
     let h = Node::start(cfg, sm).await?;
     wait_until("mastership", || h.is_master()).await?;
     let result = h.propose(b"x".to_vec()).await;
@@ -336,6 +332,18 @@ async fn a_failed_apply_stops_the_node_with_its_error() -> Result<()> {
         .await
         .err()
         .context("stopped() without an error")?;
+    Ok((h, err))
+}
+
+/// A state machine that cannot apply (its disk is full, say) stops the node
+/// with its own error, which the application can report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_apply_stops_the_node_with_its_error() -> Result<()> {
+    let (h, err) = stopped_by(MemSm {
+        failing_from: Some(0),
+        ..MemSm::default()
+    })
+    .await?;
     ensure!(matches!(*err, RuntimeError::Apply { .. }), "got {err}");
     ensure!(
         err.to_string().contains("disk full (simulated)"),
@@ -347,26 +355,11 @@ async fn a_failed_apply_stops_the_node_with_its_error() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_machine_contract_violation_is_fatal() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let addr = free_addrs(1)?[0];
-    let mut cfg = config(1, addr, tmp.path());
-    cfg.initial = Some(founding(&[addr]));
-    let sm = MemSm {
+    let (h, err) = stopped_by(MemSm {
         bad_outputs_from: Some(0),
         ..MemSm::default()
-    };
-    let h = Node::start(cfg, sm).await?;
-    wait_until("mastership", || h.is_master()).await?;
-    let result = h.propose(b"x".to_vec()).await;
-    ensure!(
-        matches!(result, Err(ProposeFailed::NodeStopped)),
-        "got {result:?}"
-    );
-    let err = h
-        .stopped()
-        .await
-        .err()
-        .context("stopped() without an error")?;
+    })
+    .await?;
     ensure!(matches!(*err, RuntimeError::StateMachine(_)), "got {err}");
     ensure!(h.fatal_error().is_some());
     ensure!(!h.is_master());

@@ -405,6 +405,26 @@ async fn assert_each_commit_once(c: &TestCluster, committed: u64) {
     c.wait_stores(&target).await;
 }
 
+/// No node's store refused a value (no compare-and-set conflict).
+async fn assert_no_store_rejected(c: &TestCluster) {
+    for p in &c.ports {
+        assert_eq!(
+            metric(p.admin, "phxbinlogsvr_store_rejected_total").await,
+            0
+        );
+    }
+}
+
+/// The binlog server with admin port `admin` answers and streams to its
+/// local replica.
+async fn wait_serving(admin: u16, what: &str) {
+    wait_until(what, Duration::from_secs(30), async || {
+        status_json(admin).await.is_some()
+            && metric(admin, "phxbinlogsvr_master_dumps_active").await == 1
+    })
+    .await;
+}
+
 /// Node 2's binlog server SIGKILLed while a writer commits on node 1;
 /// 100 commits go on without it (nodes 1 and 3 are a majority); restarted,
 /// it catches up through Paxos, node 2's MariaDB reconnects and catches
@@ -433,13 +453,9 @@ async fn a_replica_nodes_binlog_server_restarts_mid_stream() {
     let at_restart = done.load(Ordering::SeqCst);
     eprintln!("node2's binlog server restarted after {at_restart} commits");
     let n2 = c.ports[1].admin;
-    wait_until(
+    wait_serving(
+        n2,
         "node2's binlog server to answer and serve its replica again",
-        Duration::from_secs(30),
-        async || {
-            status_json(n2).await.is_some()
-                && metric(n2, "phxbinlogsvr_master_dumps_active").await == 1
-        },
     )
     .await;
     wait_commits(&done, at_restart + 30, "30 commits after the restart").await;
@@ -560,12 +576,7 @@ async fn the_master_nodes_binlog_server_restarts_mid_stream() {
         0,
         "a commit fell back to asynchronous replication"
     );
-    for p in &c.ports {
-        assert_eq!(
-            metric(p.admin, "phxbinlogsvr_store_rejected_total").await,
-            0
-        );
-    }
+    assert_no_store_rejected(&c).await;
     eprintln!("total {:?}", t_start.elapsed());
 }
 
@@ -1009,6 +1020,19 @@ async fn create_blob_table(m1: &MariaDb) {
     .await;
 }
 
+/// Every node holds the `blobs` rows of `test.blob`, identical.
+async fn assert_blobs_everywhere(c: &TestCluster, blobs: u64) {
+    for db in &c.dbs {
+        assert_eq!(
+            count(db, "SELECT COUNT(*) FROM test.blob").await,
+            blobs as i64,
+            "{}: rows of test.blob",
+            db.name()
+        );
+    }
+    assert_same_checksums(&c.dbs, &["test.blob"]).await;
+}
+
 /// Inserts 256 KiB rows into `test.blob` one after the other from id
 /// `from`, each commit allowed 60 s, until `stop`; returns how many
 /// committed.
@@ -1070,13 +1094,9 @@ async fn a_replica_node_whose_disk_fills_up_stops_and_recovers() {
     let disk = SmallDisk::over(&c.data_dir(2), 4 << 20);
     c.svrs[1].start();
     let n2 = c.ports[1].admin;
-    wait_until(
+    wait_serving(
+        n2,
         "node2's binlog server to serve its replica from the small disk",
-        Duration::from_secs(30),
-        async || {
-            status_json(n2).await.is_some()
-                && metric(n2, "phxbinlogsvr_master_dumps_active").await == 1
-        },
     )
     .await;
 
@@ -1098,13 +1118,9 @@ async fn a_replica_node_whose_disk_fills_up_stops_and_recovers() {
 
     disk.grow(512 << 20);
     c.svrs[1].start();
-    wait_until(
+    wait_serving(
+        n2,
         "node2's binlog server to start again and serve its replica",
-        Duration::from_secs(30),
-        async || {
-            status_json(n2).await.is_some()
-                && metric(n2, "phxbinlogsvr_master_dumps_active").await == 1
-        },
     )
     .await;
     let at_restart = done.load(Ordering::SeqCst);
@@ -1114,22 +1130,9 @@ async fn a_replica_node_whose_disk_fills_up_stops_and_recovers() {
     assert_eq!(w.commits, done.load(Ordering::SeqCst));
 
     assert_each_commit_once(&c, w.commits).await;
-    for db in &c.dbs {
-        assert_eq!(
-            count(db, "SELECT COUNT(*) FROM test.blob").await,
-            blobs as i64,
-            "{}: rows of test.blob",
-            db.name()
-        );
-    }
-    assert_same_checksums(&c.dbs, &["test.blob"]).await;
+    assert_blobs_everywhere(&c, blobs).await;
     assert!(c.svrs[1].is_running(), "node2's binlog server exited again");
-    for p in &c.ports {
-        assert_eq!(
-            metric(p.admin, "phxbinlogsvr_store_rejected_total").await,
-            0
-        );
-    }
+    assert_no_store_rejected(&c).await;
     eprintln!("total {:?}", t_start.elapsed());
 }
 
@@ -1198,25 +1201,12 @@ async fn the_master_node_whose_disk_fills_up_stops_and_acknowledges_nothing() {
     assert_eq!(w.commits, done.load(Ordering::SeqCst));
 
     assert_each_commit_once(&c, w.commits).await;
-    for db in &c.dbs {
-        assert_eq!(
-            count(db, "SELECT COUNT(*) FROM test.blob").await,
-            blobs as i64,
-            "{}: rows of test.blob",
-            db.name()
-        );
-    }
-    assert_same_checksums(&c.dbs, &["test.blob"]).await;
+    assert_blobs_everywhere(&c, blobs).await;
     assert_eq!(
         m1.status_u64("Rpl_semi_sync_master_no_tx").await.unwrap(),
         0,
         "a commit fell back to asynchronous replication"
     );
-    for p in &c.ports {
-        assert_eq!(
-            metric(p.admin, "phxbinlogsvr_store_rejected_total").await,
-            0
-        );
-    }
+    assert_no_store_rejected(&c).await;
     eprintln!("total {:?}", t_start.elapsed());
 }

@@ -393,10 +393,13 @@ impl Rebuilder {
         // 3. Extract and prepare.
         self.set_phase(Phase::Preparing, t0);
         let work = self.work.clone();
-        let staged = work.join("datadir");
-        let prepared = tokio::task::spawn_blocking(move || prepare(&work, &file, &staged))
-            .await
-            .map_err(|e| format!("preparing the backup: {e}"))??;
+        let staged = self.work.join("datadir");
+        let gtid = {
+            let staged = staged.clone();
+            tokio::task::spawn_blocking(move || prepare(&work, &file, &staged))
+                .await
+                .map_err(|e| format!("preparing the backup: {e}"))??
+        };
 
         // 4. Swap the data directories (the agent has not restarted
         // mariadbd: it is told to leave it alone).
@@ -411,7 +414,7 @@ impl Rebuilder {
             fs::rename(datadir, old)
                 .map_err(|e| format!("moving {} to {}: {e}", datadir.display(), old.display()))?;
         }
-        if let Err(e) = fs::rename(&prepared.dir, datadir) {
+        if let Err(e) = fs::rename(&staged, datadir) {
             let failed = format!("moving the rebuilt data to {}: {e}", datadir.display());
             return Err(match &kept {
                 None => failed.into(),
@@ -431,10 +434,7 @@ impl Rebuilder {
         }
         let _ = fs::remove_dir_all(&self.work);
         self.set_phase(Phase::Starting, t0);
-        Ok(Restored {
-            gtid: prepared.gtid,
-            kept,
-        })
+        Ok(Restored { gtid, kept })
     }
 }
 
@@ -512,14 +512,9 @@ fn free_bytes(dir: &Path) -> Result<u64, String> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-struct Prepared {
-    dir: PathBuf,
-    gtid: String,
-}
-
 /// Extracts `file` into `staged`, prepares it, and records its GTID
-/// position for the agent.
-fn prepare(work: &Path, file: &Path, staged: &Path) -> Result<Prepared, String> {
+/// position for the agent; returns that position.
+fn prepare(work: &Path, file: &Path, staged: &Path) -> Result<String, String> {
     fs::create_dir_all(staged).map_err(|e| format!("creating {}: {e}", staged.display()))?;
     let input = fs::File::open(file).map_err(|e| format!("opening {}: {e}", file.display()))?;
     run(
@@ -543,10 +538,7 @@ fn prepare(work: &Path, file: &Path, staged: &Path) -> Result<Prepared, String> 
     let marker = staged.join(agent::RESTORED_GTID_FILE);
     fs::write(&marker, format!("{gtid}\n"))
         .map_err(|e| format!("writing {}: {e}", marker.display()))?;
-    Ok(Prepared {
-        dir: staged.to_path_buf(),
-        gtid,
-    })
+    Ok(gtid)
 }
 
 /// Runs `cmd`, its output to `log`; a failure quotes the log's last lines.
